@@ -1,0 +1,7 @@
+"""`python -m collector` runs the command line."""
+
+import sys
+
+from collector.cli import main
+
+sys.exit(main())

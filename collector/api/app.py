@@ -1,0 +1,65 @@
+"""The FastAPI application: routers, error mapping and the collector's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from collector import __version__
+from collector.api import health, ingest
+from collector.logs import get_logger
+from collector.payload import PayloadError
+from collector.runtime import Collector
+from collector.settings import Settings
+from collector.store import StoreUnavailableError
+
+log = get_logger("collector.api")
+RETRY_AFTER_SECONDS = "2"
+
+
+def create_app(settings: Settings, collector: Collector | None = None) -> FastAPI:
+    """An app for `settings`; tests pass their own collector (store, registry)."""
+    runtime = collector or Collector(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="Precondition Watch", version=__version__, lifespan=lifespan)
+    app.state.collector = runtime
+    app.include_router(ingest.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(PayloadError)
+    async def payload_error(_: Request, exc: PayloadError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def store_unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        runtime.metrics.redis_up.set(0)
+        log.warning("redis_unavailable", error=str(exc))
+        return JSONResponse(
+            {"error": "Redis is unavailable; nothing was stored, retry later"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    return app

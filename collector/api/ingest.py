@@ -1,0 +1,54 @@
+"""Ingest endpoints: `POST /v1/events` (NDJSON, JSON array or one object; gzip)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from collector.api.deps import CollectorDep, IngestAuth
+from collector.logs import get_logger
+from collector.payload import PayloadError, decompress, split_records
+
+router = APIRouter(tags=["ingest"])
+log = get_logger("collector.ingest")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing to buffer more than `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadError(413, f"body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadError(413, f"body exceeds {limit} bytes")
+    return bytes(body)
+
+
+@router.post("/v1/events", dependencies=[IngestAuth])
+async def post_events(
+    request: Request,
+    collector: CollectorDep,
+    service: str | None = Query(default=None, max_length=128),
+) -> JSONResponse:
+    """Store a batch of events; one bad line never rejects the batch."""
+    started = time.perf_counter()
+    limit = collector.settings.max_body_bytes
+    raw = await read_body(request, limit)
+    body = decompress(raw, request.headers.get("content-encoding"), limit)
+    records = split_records(body, request.headers.get("content-type"))
+    default_service = service or request.headers.get("x-service-name") or None
+    result = await collector.ingestor.ingest(records, default_service=default_service)
+    log.info(
+        "batch",
+        records=len(records),
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=len(result.rejected),
+        bytes=len(body),
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return JSONResponse(result.body())

@@ -1,0 +1,234 @@
+"""The event: one conditional request a service answered, read from any shipper's field names."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Canonical field -> accepted names, canonical first. Dotted names are also looked up as nested
+# objects, so `{"http": {"route": ...}}` works like `{"http.route": ...}`.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "ts": ("ts", "timestamp", "time", "@timestamp", "date"),
+    "service": ("service", "service.name", "serviceName"),
+    "route": ("route", "http.route"),
+    "method": ("method", "http.request.method"),
+    "status": ("status", "http.response.status_code", "statusCode"),
+    "request_id": ("request_id", "requestId", "http.request.id", "req_id"),
+    "resource_id": ("resource_id", "resourceId"),
+    "if_match": ("if_match", "ifMatch", "http.request.header.if-match"),
+    "if_none_match": ("if_none_match", "ifNoneMatch", "http.request.header.if-none-match"),
+    "current_etag": ("current_etag", "currentEtag", "etag", "http.response.header.etag"),
+    "client_id": ("client_id", "clientId", "client", "user_agent.original"),
+    "deploy_version": ("deploy_version", "deployVersion", "service.version", "version"),
+    "reason": ("reason",),
+}
+
+# Longest accepted value per text field, in characters.
+MAX_LENGTH: dict[str, int] = {
+    "service": 128,
+    "route": 256,
+    "method": 16,
+    "request_id": 256,
+    "resource_id": 512,
+    "if_match": 2048,
+    "if_none_match": 2048,
+    "current_etag": 512,
+    "client_id": 256,
+    "deploy_version": 128,
+    "reason": 1024,
+}
+
+FAILURE_STATUSES = frozenset({409, 412, 428})
+
+
+class EventError(ValueError):
+    """A line that cannot be an event; `field` names the culprit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One conditional request, in canonical fields. `ts` is epoch seconds of event time."""
+
+    ts: float
+    service: str
+    status: int
+    request_id: str
+    resource_id: str = ""
+    route: str | None = None
+    method: str | None = None
+    if_match: str | None = None
+    if_none_match: str | None = None
+    current_etag: str | None = None
+    client_id: str | None = None
+    deploy_version: str | None = None
+    reason: str | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        """412, 428 and 409 are the failures the collector explains."""
+        return self.status in FAILURE_STATUSES
+
+    @property
+    def is_write(self) -> bool:
+        """A 2xx that returned an ETag moves the resource's lineage."""
+        return 200 <= self.status < 300 and bool(self.current_etag)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """What the request supplies when a line does not: service name and receive time."""
+
+    service: str | None
+    received_at: float
+    max_clock_skew: float = 300.0
+
+
+_MISSING = object()
+
+
+def _lookup(obj: dict[str, Any], name: str) -> Any:
+    value = obj.get(name, _MISSING)
+    if value is not _MISSING or "." not in name:
+        return value
+    node: Any = obj
+    for part in name.split("."):
+        if not isinstance(node, dict):
+            return _MISSING
+        node = node.get(part, _MISSING)
+        if node is _MISSING:
+            return _MISSING
+    return node
+
+
+def _first(obj: dict[str, Any], field: str) -> tuple[str, Any]:
+    for name in ALIASES[field]:
+        value = _lookup(obj, name)
+        # A nested object is a namespace (`{"service": {"name": ...}}`), never the value itself.
+        if value is not _MISSING and value is not None and not isinstance(value, dict):
+            return name, value
+    return field, _MISSING
+
+
+def _text(obj: dict[str, Any], field: str, *, allow_list: bool = False) -> str | None:
+    name, value = _first(obj, field)
+    if value is _MISSING:
+        return None
+    if allow_list and isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise EventError(name, "must be a string or a list of strings")
+        value = ", ".join(value)
+    elif isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(name, f"must be a string, got {type(value).__name__}")
+    text = str(value)
+    limit = MAX_LENGTH[field]
+    if len(text) > limit:
+        raise EventError(name, f"longer than {limit} characters ({len(text)})")
+    if any(ord(ch) < 0x20 and ch not in "\t" for ch in text):
+        raise EventError(name, "contains a control character or NUL byte")
+    return text
+
+
+def _status(obj: dict[str, Any]) -> int:
+    name, value = _first(obj, "status")
+    if value is _MISSING:
+        raise EventError("status", "missing")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise EventError(name, f"must be a 3-digit HTTP status code, got {_preview(value)}")
+    return value
+
+
+def _epoch_from_number(number: float) -> float:
+    """Seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude."""
+    magnitude = abs(number)
+    if magnitude < 1e11:
+        return number
+    if magnitude < 1e14:
+        return number / 1e3
+    if magnitude < 1e17:
+        return number / 1e6
+    return number / 1e9
+
+
+def _seconds_from_text(name: str, value: str) -> float:
+    text = value.strip()
+    try:
+        return _epoch_from_number(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise EventError(
+            name, f"unreadable time {_preview(value)}: want RFC 3339 or epoch"
+        ) from None
+    if parsed.tzinfo is None:
+        raise EventError(name, f"time {_preview(value)} has no UTC offset")
+    return parsed.timestamp()
+
+
+def _ts(obj: dict[str, Any], defaults: Defaults) -> float:
+    name, value = _first(obj, "ts")
+    if value is _MISSING:
+        return defaults.received_at
+    seconds: float
+    if isinstance(value, bool):
+        raise EventError(name, "must be an RFC 3339 time or epoch number, got a boolean")
+    if isinstance(value, int | float):
+        seconds = _epoch_from_number(float(value))
+    elif isinstance(value, str):
+        seconds = _seconds_from_text(name, value)
+    else:
+        raise EventError(name, f"must be an RFC 3339 time or epoch number, got {_preview(value)}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise EventError(name, f"unreadable time {_preview(value)}")
+    if seconds > defaults.received_at + defaults.max_clock_skew:
+        ahead = seconds - defaults.received_at
+        raise EventError(
+            name,
+            f"{ahead:.0f} s in the future, past PW_MAX_CLOCK_SKEW_SECONDS "
+            f"({defaults.max_clock_skew:.0f})",
+        )
+    return seconds
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_event(obj: object, defaults: Defaults) -> Event:
+    """Read one decoded JSON value into an Event, or raise EventError naming the field."""
+    if not isinstance(obj, dict):
+        raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+    status = _status(obj)
+    request_id = _text(obj, "request_id")
+    if not request_id:
+        raise EventError("request_id", "missing")
+    service = _text(obj, "service") or defaults.service
+    if not service:
+        raise EventError("service", "missing: set it in the event, ?service= or X-Service-Name")
+    method = _text(obj, "method")
+    return Event(
+        ts=_ts(obj, defaults),
+        service=service,
+        status=status,
+        request_id=request_id,
+        resource_id=_text(obj, "resource_id") or "",
+        route=_text(obj, "route"),
+        method=method.upper() if method else None,
+        if_match=_text(obj, "if_match", allow_list=True),
+        if_none_match=_text(obj, "if_none_match", allow_list=True),
+        current_etag=_text(obj, "current_etag"),
+        client_id=_text(obj, "client_id"),
+        deploy_version=_text(obj, "deploy_version"),
+        reason=_text(obj, "reason"),
+    )

@@ -1,0 +1,127 @@
+"""Ingesting a batch: records to events, events to the store, counts to metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from collector.etag import fingerprint, parse_etag
+from collector.event import Defaults, Event, EventError, parse_event
+from collector.metrics import Metrics
+from collector.payload import Record
+from collector.store import Store
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The answer to one batch: counts and a per-record error list."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict[str, object]] = field(default_factory=list)
+    services: set[str] = field(default_factory=set)
+
+    def body(self) -> dict[str, object]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+def parse_records(
+    records: Sequence[Record], defaults: Defaults
+) -> tuple[list[Event], list[dict[str, object]]]:
+    """Events from decoded records, and `{"index", "error"}` for each one that is not one."""
+    events: list[Event] = []
+    rejected: list[dict[str, object]] = []
+    for record in records:
+        if record.error is not None:
+            rejected.append({"index": record.index, "error": record.error})
+            continue
+        try:
+            events.append(parse_event(record.value, defaults))
+        except EventError as exc:
+            rejected.append({"index": record.index, "error": str(exc)})
+    return events, rejected
+
+
+def event_formats(events: Sequence[Event]) -> list[tuple[str, str, str, float]]:
+    """(service, version, ETag fingerprint, ts) for events that show a version's ETag format."""
+    seen: dict[tuple[str, str, str], float] = {}
+    for event in events:
+        if not (event.deploy_version and event.current_etag):
+            continue
+        tag = parse_etag(event.current_etag)
+        if tag is None:
+            continue
+        key = (event.service, event.deploy_version, fingerprint(tag))
+        seen[key] = min(seen.get(key, event.ts), event.ts)
+    return [(s, v, f, ts) for (s, v, f), ts in seen.items()]
+
+
+class Ingestor:
+    """Stores batches and counts them; calls `on_stored` with the services that got events."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        max_clock_skew: float,
+        on_stored: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_clock_skew = max_clock_skew
+        self.on_stored = on_stored
+
+    async def ingest(
+        self,
+        records: Sequence[Record],
+        *,
+        default_service: str | None,
+        received_at: float | None = None,
+    ) -> BatchResult:
+        """Store every valid record; raises StoreUnavailableError with nothing acknowledged."""
+        started = time.perf_counter()
+        received_at = time.time() if received_at is None else received_at
+        defaults = Defaults(default_service, received_at, self.max_clock_skew)
+        events, rejected = parse_records(records, defaults)
+        result = BatchResult(rejected=rejected)
+
+        # A request id twice in one batch is a duplicate before Redis is even asked.
+        unique: list[Event] = []
+        seen: set[tuple[str, str]] = set()
+        for event in events:
+            key = (event.service, event.request_id)
+            if key in seen:
+                result.duplicates += 1
+            else:
+                seen.add(key)
+                unique.append(event)
+
+        try:
+            stored = await self.store.ingest(unique, received_at, formats=event_formats(unique))
+        finally:
+            self.metrics.events.labels("rejected").inc(len(rejected))
+        for event, is_new in zip(unique, stored.stored, strict=True):
+            if is_new:
+                result.accepted += 1
+                result.services.add(event.service)
+                self._count(event)
+            else:
+                result.duplicates += 1
+        self.metrics.events.labels("accepted").inc(result.accepted)
+        self.metrics.events.labels("duplicate").inc(result.duplicates)
+        self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+        if result.services and self.on_stored is not None:
+            self.on_stored(result.services)
+        return result
+
+    def _count(self, event: Event) -> None:
+        labels = self.metrics.labels
+        service = labels.service(event.service)
+        self.metrics.requests.labels(
+            service,
+            labels.route(service, event.route),
+            labels.method(event.method),
+            str(event.status),
+        ).inc()

@@ -1,0 +1,78 @@
+"""The running collector: settings, store, metrics, ingest and settling wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from prometheus_client import CollectorRegistry
+
+from collector.ingest import Ingestor
+from collector.logs import get_logger
+from collector.metrics import Metrics
+from collector.settings import Settings
+from collector.store import Store
+
+log = get_logger("collector")
+
+
+class Collector:
+    """Owns the Redis store and the metrics registry for one process; started by the lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or Store.from_url(
+            settings.redis_url,
+            retention_seconds=settings.retention_seconds,
+            timeline_max_events=settings.timeline_max_events,
+            lineage_max_writes=settings.lineage_max_writes,
+        )
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry,
+            max_services=settings.max_services,
+            max_routes_per_service=settings.max_routes_per_service,
+        )
+        self.ingestor = Ingestor(
+            self.store,
+            self.metrics,
+            max_clock_skew=settings.max_clock_skew_seconds,
+            on_stored=self._stored,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _stored(self, services: set[str]) -> None:
+        """Hook for settling; called after every stored batch."""
+
+    async def start(self) -> None:
+        if self.store.embedded:
+            log.warning(
+                "embedded_redis",
+                detail="PW_REDIS_URL is not set: state lives in this process (fakeredis) "
+                "and is lost on exit; set PW_REDIS_URL for production",
+            )
+        up = await self.store.ping()
+        self.metrics.redis_up.set(1 if up else 0)
+        log.info("collector_started", redis_up=up, embedded=self.store.embedded)
+        self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.store.close()
+
+    async def _watch_redis(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            up = await self.store.ping()
+            self.metrics.redis_up.set(1 if up else 0)

@@ -1,0 +1,95 @@
+"""The collector's configuration: every `PW_*` environment variable, validated once at start."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A `PW_*` variable has a value the collector cannot run with."""
+
+
+class Settings(BaseSettings):
+    """Collector settings; each field is read from `PW_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="PW_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://, rediss://, unix://); unset: embedded fakeredis",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` listens on")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port `serve` listens on")
+    concurrency_window_seconds: float = Field(
+        default=300.0, gt=0, description="W: a failure within W of the winning write is a race"
+    )
+    allowed_lateness_seconds: float = Field(
+        default=5.0, ge=0, description="How late an event may arrive and still be correlated"
+    )
+    retention_seconds: int = Field(
+        default=86400, ge=60, description="TTL of every Redis key; nothing outlives it"
+    )
+    max_clock_skew_seconds: float = Field(
+        default=300.0, ge=0, description="Events further in the future are rejected"
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Body limit, also after decompression"
+    )
+    ingest_tokens: SecretStr | None = Field(
+        default=None, description="Comma-separated bearer tokens; set: ingest needs one"
+    )
+    settle_interval_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often idle services are checked for settling"
+    )
+    timeline_max_events: int = Field(
+        default=2000, ge=10, description="Events kept per resource timeline"
+    )
+    lineage_max_writes: int = Field(
+        default=500, ge=10, description="Writes kept per resource ETag lineage"
+    )
+    max_services: int = Field(
+        default=200, ge=1, description="Distinct `service` label values before `__other__`"
+    )
+    max_routes_per_service: int = Field(
+        default=100, ge=1, description="Distinct `route` label values per service"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level"
+    )
+    log_format: Literal["json", "console"] = Field(default="json", description="Log line format")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def tokens(self) -> list[bytes]:
+        """The accepted ingest tokens, empty when ingest is open."""
+        if self.ingest_tokens is None:
+            return []
+        raw = self.ingest_tokens.get_secret_value()
+        return [t.strip().encode() for t in raw.split(",") if t.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise SettingsError naming each bad `PW_*` variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the values
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"PW_{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,130 @@
+"""`make bench`: ingest throughput of a real collector on a real Redis.
+
+Sends 200,000 realistic events (about 350 bytes each) as NDJSON batches of 500 and prints
+events/s stored, p50/p99 batch latency and the collector's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+
+from tests.conftest import ROOT, RedisServer, free_port, wait_for
+
+
+def realistic_events(count: int, seed: int = 1) -> list[bytes]:
+    """Lines shaped like a busy API's conditional writes: mostly 2xx, some 412/428/409."""
+    rng = random.Random(seed)
+    start = time.time() - 3600
+    services = ["orders", "carts", "profiles", "inventory", "billing"]
+    lines = []
+    for i in range(count):
+        service = services[i % len(services)]
+        resource = f"{service[:3]}-{int(rng.paretovariate(1.2) * 100) % 50000}"
+        status = rng.choices([200, 204, 412, 428, 409], [70, 10, 14, 3, 3])[0]
+        etag = f'"{rng.getrandbits(128):032x}"'
+        event: dict[str, object] = {
+            "ts": round(start + i * 0.018, 3),
+            "service": service,
+            "route": f"/api/{service}/{{id}}",
+            "method": "PUT",
+            "status": status,
+            "request_id": f"req-{i:08d}-{rng.getrandbits(40):010x}",
+            "resource_id": resource,
+            "client_id": f"web/u{rng.randrange(5000):04d}",
+            "deploy_version": "v1.42.0",
+            "current_etag": etag,
+        }
+        if status != 428:
+            event["if_match"] = f'"{rng.getrandbits(128):032x}"'
+        lines.append(orjson.dumps(event))
+    return lines
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def send(base: str, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    accepted = 0
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while not queue.empty():
+            body = queue.get_nowait()
+            started = time.perf_counter()
+            response = await client.post(
+                base + "/v1/events",
+                content=body,
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+            accepted += response.json()["accepted"]
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return latencies, accepted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    lines = realistic_events(args.events)
+    mean_size = statistics.fmean(len(line) for line in lines)
+    bodies = [
+        b"\n".join(lines[i : i + args.batch]) for i in range(0, len(lines), args.batch)
+    ]
+    redis_server = RedisServer()
+    redis_server.start()
+    port = free_port()
+    env = {**os.environ, "PW_REDIS_URL": redis_server.url, "PW_LOG_LEVEL": "warning"}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "collector", "serve", "--port", str(port)], env=env, cwd=ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, what="collector")
+        started = time.perf_counter()
+        latencies, accepted = asyncio.run(send(base, bodies, args.concurrency))
+        elapsed = time.perf_counter() - started
+        rss = peak_rss_mib(collector.pid)
+    finally:
+        collector.terminate()
+        collector.wait(timeout=30)
+        redis_server.stop()
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    print(f"events sent:        {len(lines)} in {len(bodies)} batches of {args.batch}")
+    print(f"mean event size:    {mean_size:.0f} bytes")
+    print(f"events stored:      {accepted}")
+    print(f"throughput:         {accepted / elapsed:,.0f} events/s ({elapsed:.1f} s)")
+    print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"collector peak RSS: {rss:.0f} MiB")
+    return 0 if accepted == len(lines) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Shared fixtures: a real redis-server for the session, fake and real stores, an app client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from collector.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_binary(name: str) -> str:
+    """A binary from PATH or the project's `.deps/bin` (where `make deps` unpacks them)."""
+    local = ROOT / ".deps" / "bin" / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: run `make deps` (or `make test`) first")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition()` until it is truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except Exception:  # not ready yet can be any error
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port, with no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="pw-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                find_binary("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_for(client.ping, what=f"redis-server on port {self.port}")
+        client.close()
+
+    def stop(self, *, cleanup: bool = True) -> None:
+        """Stop the server; with cleanup=False it can be started again on the same port."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+        if cleanup:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The real redis-server of this test session."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the real Redis, emptied for this test."""
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_store(kind: str, url: str | None = None, **options: object) -> Store:
+    params: dict[str, object] = {"retention_seconds": 3600, **options}
+    if kind == "fake":
+        return Store(fakeredis.FakeAsyncRedis(), embedded=True, **params)  # type: ignore[arg-type]
+    assert url is not None
+    return Store(aioredis.Redis.from_url(url), **params)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["fake", "real"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """The store on fakeredis and on the real redis-server."""
+    if request.param == "fake":
+        s = make_store("fake")
+    else:
+        s = make_store("real", request.getfixturevalue("redis_url"))
+    yield s
+    await s.close()
+
+
+os.environ.setdefault("PW_LOG_LEVEL", "warning")

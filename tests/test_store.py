@@ -1,0 +1,209 @@
+"""The Redis store, on fakeredis and on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+
+import pytest
+
+from collector.event import Event
+from collector.store import PendingFailure, Store, resource_prefix, service_prefix
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_790_000_100.0
+
+
+def ev(rid: str, ts: float, status: int = 412, resource: str = "o1", **kw: object) -> Event:
+    return Event(ts=ts, service="shop", status=status, request_id=rid, resource_id=resource, **kw)  # type: ignore[arg-type]
+
+
+def slot(key: str) -> int:
+    """Redis Cluster's slot of a key: CRC16 of the hash tag."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key.encode(), 0) % 16384
+
+
+async def test_ingest_stores_and_dedupes(store: Store) -> None:
+    """A request id seen before is a duplicate and changes nothing."""
+    first = await store.ingest(
+        [ev("r1", NOW - 10), ev("r2", NOW - 9, 200, current_etag='"b"')], NOW
+    )
+    again = await store.ingest([ev("r1", NOW - 10), ev("r3", NOW - 8)], NOW)
+    assert first.stored == [True, True]
+    assert again.stored == [False, True]
+    timeline = await store.timeline("shop", "o1")
+    assert [rid for rid, _, _ in timeline] == ["r1", "r2", "r3"]
+
+
+async def test_failures_become_pending_and_are_claimed_once(store: Store) -> None:
+    """Two claimers racing for the same failures each get disjoint sets."""
+    events = [ev(f"r{i}", NOW - 100 + i) for i in range(50)]
+    await store.ingest(events, NOW)
+    a, b = await asyncio.gather(
+        store.claim_due("shop", lateness=5, now=NOW, force=True),
+        store.claim_due("shop", lateness=5, now=NOW, force=True),
+    )
+    ids_a = {f.request_id for f in a}
+    ids_b = {f.request_id for f in b}
+    assert not ids_a & ids_b
+    assert ids_a | ids_b == {e.request_id for e in events}
+
+
+async def test_claim_waits_for_the_watermark(store: Store) -> None:
+    """Only failures at or before newest event time minus lateness are due."""
+    await store.ingest(
+        [ev("old", NOW - 20), ev("new", NOW - 3), ev("w", NOW, 200, current_etag='"x"')], NOW
+    )
+    due = await store.claim_due("shop", lateness=5, now=NOW)
+    assert [f.request_id for f in due] == ["old"]
+    assert await store.pending_count(["shop"]) == 2  # one in flight, one pending
+
+
+async def test_idle_service_settles_everything(store: Store) -> None:
+    """After `lateness` seconds of wall time without events, every pending failure is due."""
+    await store.ingest([ev("a", NOW - 1), ev("b", NOW)], NOW)
+    assert await store.claim_due("shop", lateness=5, now=NOW + 1) == []
+    due = await store.claim_due("shop", lateness=5, now=NOW + 5.5)
+    assert {f.request_id for f in due} == {"a", "b"}
+
+
+async def test_lost_claims_are_released_after_the_lease(store: Store) -> None:
+    """A failure claimed by a settler that died is handed out again after its lease."""
+    await store.ingest([ev("a", NOW - 30), ev("b", NOW, 200, current_etag='"x"')], NOW)
+    first = await store.claim_due("shop", lateness=5, now=NOW, lease_seconds=10)
+    assert [f.request_id for f in first] == ["a"]
+    assert await store.claim_due("shop", lateness=5, now=NOW + 5, lease_seconds=10) == []
+    again = await store.claim_due("shop", lateness=5, now=NOW + 11, lease_seconds=10)
+    assert [f.request_id for f in again] == ["a"]
+
+
+async def test_decision_is_recorded_once(store: Store) -> None:
+    """Only the first decision for a failure sticks; the second caller is told not to count."""
+    await store.ingest([ev("a", NOW - 30)], NOW)
+    failure = PendingFailure("shop", "o1", "a")
+    assert await store.record_decisions([(failure, {"cause": "stale_etag"})]) == [True]
+    assert await store.record_decisions([(failure, {"cause": "unknown"})]) == [False]
+    record, decision = await store.request("shop", "o1", "a")
+    assert record is not None and record["status"] == 412
+    assert decision == {"cause": "stale_etag"}
+
+
+async def test_retry_requeues_a_failure_that_never_reached_pending(store: Store) -> None:
+    """A failure stored but never queued (fault between the two steps) is queued on retry."""
+    failure = ev("a", NOW - 30)
+    await store.ingest([failure], NOW)
+    await store.client.delete(service_prefix("shop") + "p")  # as if step two had failed
+    result = await store.ingest([failure], NOW)
+    assert result.stored == [False]
+    due = await store.claim_due("shop", lateness=5, now=NOW, force=True)
+    assert [f.request_id for f in due] == ["a"]
+
+
+async def test_decided_duplicate_is_not_requeued(store: Store) -> None:
+    """A retried batch does not resurrect a failure that is already classified."""
+    await store.ingest([ev("a", NOW - 30)], NOW)
+    claimed = await store.claim_due("shop", lateness=5, now=NOW, force=True)
+    await store.record_decisions([(claimed[0], {"cause": "unknown"})])
+    await store.ingest([ev("a", NOW - 30)], NOW)
+    assert await store.claim_due("shop", lateness=5, now=NOW, force=True) == []
+
+
+async def test_every_key_has_a_ttl_within_retention(store: Store) -> None:
+    """No key outlives the retention."""
+    await store.ingest(
+        [ev("a", NOW - 30), ev("b", NOW - 20, 200, current_etag='"x"', deploy_version="v1")],
+        NOW,
+        formats=[("shop", "v1", "S:x", NOW - 20)],
+    )
+    claimed = await store.claim_due("shop", lateness=5, now=NOW, force=True)
+    await store.record_decisions([(claimed[0], {"cause": "unknown"})])
+    keys = [k async for k in store.client.scan_iter("*")]
+    assert len(keys) >= 10
+    for key in keys:
+        ttl = await store.client.ttl(key)
+        assert 0 < ttl <= store.retention, key
+
+
+async def test_keys_of_one_resource_share_a_slot(store: Store) -> None:
+    """Every key the per-resource script touches hashes to one cluster slot."""
+    await store.ingest([ev("a", NOW - 30, resource="weird:{id}%"), ev("b", NOW, resource="x")], NOW)
+    prefix = resource_prefix("shop", "weird:{id}%")
+    keys = [k.decode() async for k in store.client.scan_iter(prefix + "*")]
+    assert len(keys) >= 3
+    assert len({slot(k) for k in keys}) == 1
+    assert resource_prefix("a:b", "c") != resource_prefix("a", "b:c")
+
+
+async def test_timeline_and_lineage_are_capped() -> None:
+    """A hot resource keeps only the newest events and writes."""
+    from tests.conftest import make_store
+
+    store = make_store("fake", timeline_max_events=10, lineage_max_writes=10)
+    events = [ev(f"w{i}", NOW - 100 + i, 200, current_etag=f'"{i}"') for i in range(30)]
+    await store.ingest(events, NOW)
+    timeline = await store.timeline("shop", "o1", limit=100)
+    assert [rid for rid, _, _ in timeline] == [f"w{i}" for i in range(20, 30)]
+    assert await store.client.zcard(resource_prefix("shop", "o1") + "w") == 10
+    await store.close()
+
+
+async def test_context_has_lineage_and_recent_events(store: Store) -> None:
+    """A failure's context holds the writes and the events in the window before it."""
+    await store.ingest(
+        [
+            ev("w1", NOW - 50, 200, current_etag='"1"', client_id="alice"),
+            ev("w2", NOW - 40, 200, current_etag='"2"', client_id="bob"),
+            ev("f0", NOW - 35, if_match='"1"', current_etag='"2"'),
+            ev("f1", NOW - 30, if_match='"1"', current_etag='"2"'),
+        ],
+        NOW,
+    )
+    failure = PendingFailure("shop", "o1", "f1")
+    (context,) = await store.load_contexts([failure], window=300)
+    assert context.record is not None and context.record["if_match"] == '"1"'
+    assert [(w.request_id, w.etag, w.client_id) for w in context.writes] == [
+        ("w1", '"1"', "alice"),
+        ("w2", '"2"', "bob"),
+    ]
+    assert {e.request_id for e in context.recent} == {"w1", "w2", "f0", "f1"}
+    assert await store.etag_owners("shop", ['"2"', '"nope"']) == {'"2"': "o1"}
+    assert await store.find_request("shop", "f1") == "o1"
+
+
+async def test_versions_and_formats(store: Store) -> None:
+    """Versions and ETag formats remember the earliest event time they were seen."""
+    await store.ingest(
+        [
+            ev("a", NOW - 10, 200, current_etag='"x"', deploy_version="v2"),
+            ev("b", NOW - 50, 200, current_etag='"y"', deploy_version="v1"),
+        ],
+        NOW,
+        formats=[("shop", "v2", "S:x", NOW - 10), ("shop", "v1", "S:hex32", NOW - 50)],
+    )
+    await store.ingest(
+        [ev("c", NOW - 60, 200, deploy_version="v2")],
+        NOW,
+        formats=[("shop", "v2", "S:x", NOW - 60)],
+    )
+    assert await store.versions("shop") == [("v2", NOW - 60), ("v1", NOW - 50)]
+    assert await store.formats("shop") == {"v2": {"S:x": NOW - 60}, "v1": {"S:hex32": NOW - 50}}
+    assert await store.services() == ["shop"]
+    assert await store.watermark("shop") == NOW - 10
+
+
+async def test_unreachable_redis_raises_store_unavailable() -> None:
+    """A Redis that does not answer is StoreUnavailableError, and ping says False."""
+    from collector.store import StoreUnavailableError
+    from tests.conftest import free_port, make_store
+
+    store = make_store("real", f"redis://127.0.0.1:{free_port()}/0")
+    assert await store.ping() is False
+    with pytest.raises(StoreUnavailableError):
+        await store.ingest([ev("a", NOW)], NOW)
+    await store.close()
