@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,6 +92,7 @@ class Defaults:
 
 
 _MISSING = object()
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _lookup(obj: dict[str, Any], name: str) -> Any:
@@ -108,7 +110,10 @@ def _lookup(obj: dict[str, Any], name: str) -> Any:
 
 
 def _first(obj: dict[str, Any], field: str) -> tuple[str, Any]:
-    for name in ALIASES[field]:
+    value = obj.get(field)  # fast path: the canonical name, as most shippers send
+    if value is not None and not isinstance(value, dict):
+        return field, value
+    for name in ALIASES[field][1:]:
         value = _lookup(obj, name)
         # A nested object is a namespace (`{"service": {"name": ...}}`), never the value itself.
         if value is not _MISSING and value is not None and not isinstance(value, dict):
@@ -120,19 +125,21 @@ def _text(obj: dict[str, Any], field: str, *, allow_list: bool = False) -> str |
     name, value = _first(obj, field)
     if value is _MISSING:
         return None
-    if allow_list and isinstance(value, list):
-        if not all(isinstance(v, str) for v in value):
-            raise EventError(name, "must be a string or a list of strings")
-        value = ", ".join(value)
-    elif isinstance(value, bool) or not isinstance(value, str | int):
-        raise EventError(name, f"must be a string, got {type(value).__name__}")
-    text = str(value)
+    if type(value) is not str:
+        if allow_list and isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise EventError(name, "must be a string or a list of strings")
+            value = ", ".join(value)
+        elif type(value) is int:
+            value = str(value)
+        else:
+            raise EventError(name, f"must be a string, got {type(value).__name__}")
     limit = MAX_LENGTH[field]
-    if len(text) > limit:
-        raise EventError(name, f"longer than {limit} characters ({len(text)})")
-    if any(ord(ch) < 0x20 and ch not in "\t" for ch in text):
+    if len(value) > limit:
+        raise EventError(name, f"longer than {limit} characters ({len(value)})")
+    if _CONTROL.search(value):
         raise EventError(name, "contains a control character or NUL byte")
-    return text
+    return value  # type: ignore[no-any-return]  # narrowed to str above
 
 
 def _status(obj: dict[str, Any]) -> int:

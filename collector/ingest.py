@@ -45,16 +45,45 @@ def parse_records(
 
 def event_formats(events: Sequence[Event]) -> list[tuple[str, str, str, float]]:
     """(service, version, ETag fingerprint, ts) for events that show a version's ETag format."""
-    seen: dict[tuple[str, str, str], float] = {}
-    for event in events:
-        if not (event.deploy_version and event.current_etag):
-            continue
-        tag = parse_etag(event.current_etag)
-        if tag is None:
-            continue
-        key = (event.service, event.deploy_version, fingerprint(tag))
-        seen[key] = min(seen.get(key, event.ts), event.ts)
-    return [(s, v, f, ts) for (s, v, f), ts in seen.items()]
+    return FormatTracker().formats(events)
+
+
+class FormatTracker:
+    """Fingerprints the ETags of a batch, skipping the ones whose shape was fingerprinted before.
+
+    Fingerprinting every ETag costs more than parsing its event. ETags of one format share a
+    length, weakness and dash count, so that shape is remembered with its fingerprint; every
+    `resample`-th ETag of a known shape is fingerprinted anyway to catch a new format that
+    happens to share it.
+    """
+
+    def __init__(self, resample: int = 64, max_shapes: int = 10_000) -> None:
+        self._known: dict[tuple[str, str, int, bool, int], str] = {}
+        self._resample = resample
+        self._max_shapes = max_shapes
+        self._counter = 0
+
+    def formats(self, events: Sequence[Event]) -> list[tuple[str, str, str, float]]:
+        seen: dict[tuple[str, str, str], float] = {}
+        for event in events:
+            etag = event.current_etag
+            version = event.deploy_version
+            if not (etag and version):
+                continue
+            shape = (event.service, version, len(etag), etag[:2] == "W/", etag.count("-"))
+            found = self._known.get(shape)
+            self._counter += 1
+            if found is None or self._counter % self._resample == 0:
+                tag = parse_etag(etag)
+                if tag is None:
+                    continue
+                found = fingerprint(tag)
+                if len(self._known) >= self._max_shapes:
+                    self._known.clear()
+                self._known[shape] = found
+            key = (event.service, version, found)
+            seen[key] = min(seen.get(key, event.ts), event.ts)
+        return [(s, v, f, ts) for (s, v, f), ts in seen.items()]
 
 
 class Ingestor:
@@ -72,6 +101,7 @@ class Ingestor:
         self.metrics = metrics
         self.max_clock_skew = max_clock_skew
         self.on_stored = on_stored
+        self.formats = FormatTracker()
 
     async def ingest(
         self,
@@ -99,16 +129,21 @@ class Ingestor:
                 unique.append(event)
 
         try:
-            stored = await self.store.ingest(unique, received_at, formats=event_formats(unique))
+            stored = await self.store.ingest(
+                unique, received_at, formats=self.formats.formats(unique)
+            )
         finally:
             self.metrics.events.labels("rejected").inc(len(rejected))
+        counts: dict[tuple[str, str | None, str | None, int], int] = {}
         for event, is_new in zip(unique, stored.stored, strict=True):
             if is_new:
                 result.accepted += 1
                 result.services.add(event.service)
-                self._count(event)
+                key = (event.service, event.route, event.method, event.status)
+                counts[key] = counts.get(key, 0) + 1
             else:
                 result.duplicates += 1
+        self._count(counts)
         self.metrics.events.labels("accepted").inc(result.accepted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -116,12 +151,11 @@ class Ingestor:
             self.on_stored(result.services)
         return result
 
-    def _count(self, event: Event) -> None:
+    def _count(self, counts: dict[tuple[str, str | None, str | None, int], int]) -> None:
+        """Count stored requests, one label lookup per distinct label set of the batch."""
         labels = self.metrics.labels
-        service = labels.service(event.service)
-        self.metrics.requests.labels(
-            service,
-            labels.route(service, event.route),
-            labels.method(event.method),
-            str(event.status),
-        ).inc()
+        for (service, route, method, status), n in counts.items():
+            label = labels.service(service)
+            self.metrics.requests.labels(
+                label, labels.route(label, route), labels.method(method), str(status)
+            ).inc(n)

@@ -50,6 +50,13 @@ def realistic_events(count: int, seed: int = 1) -> list[bytes]:
     return lines
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -93,9 +100,7 @@ def main() -> int:
 
     lines = realistic_events(args.events)
     mean_size = statistics.fmean(len(line) for line in lines)
-    bodies = [
-        b"\n".join(lines[i : i + args.batch]) for i in range(0, len(lines), args.batch)
-    ]
+    bodies = [b"\n".join(lines[i : i + args.batch]) for i in range(0, len(lines), args.batch)]
     redis_server = RedisServer()
     redis_server.start()
     port = free_port()
@@ -106,9 +111,13 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, what="collector")
+        assert redis_server.process is not None
+        cpu_before = cpu_seconds(collector.pid), cpu_seconds(redis_server.process.pid)
         started = time.perf_counter()
         latencies, accepted = asyncio.run(send(base, bodies, args.concurrency))
         elapsed = time.perf_counter() - started
+        collector_cpu = cpu_seconds(collector.pid) - cpu_before[0]
+        redis_cpu = cpu_seconds(redis_server.process.pid) - cpu_before[1]
         rss = peak_rss_mib(collector.pid)
     finally:
         collector.terminate()
@@ -123,6 +132,7 @@ def main() -> int:
     print(f"throughput:         {accepted / elapsed:,.0f} events/s ({elapsed:.1f} s)")
     print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"collector peak RSS: {rss:.0f} MiB")
+    print(f"CPU used:           collector {collector_cpu:.1f} s, redis-server {redis_cpu:.1f} s")
     return 0 if accepted == len(lines) else 1
 
 
