@@ -139,8 +139,8 @@ class Ingestor:
             if is_new:
                 result.accepted += 1
                 result.services.add(event.service)
-                key = (event.service, event.route, event.method, event.status)
-                counts[key] = counts.get(key, 0) + 1
+                labels = (event.service, event.route, event.method, event.status)
+                counts[labels] = counts.get(labels, 0) + 1
             else:
                 result.duplicates += 1
         self._count(counts)

@@ -569,7 +569,7 @@ class Store:
         settler died is handed out again after its lease.
         """
         now = time.time() if now is None else now
-        args = [int(now * 1000), lateness, lateness, int(lease_seconds * 1000), limit]
+        args: list[Any] = [int(now * 1000), lateness, lateness, int(lease_seconds * 1000), limit]
         args += ["1" if force else "0", self.retention]
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
