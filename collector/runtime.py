@@ -11,6 +11,7 @@ from collector.ingest import Ingestor
 from collector.logs import get_logger
 from collector.metrics import Metrics
 from collector.settings import Settings
+from collector.settle import Settler
 from collector.store import Store
 
 log = get_logger("collector")
@@ -39,6 +40,12 @@ class Collector:
             max_services=settings.max_services,
             max_routes_per_service=settings.max_routes_per_service,
         )
+        self.settler = Settler(
+            self.store,
+            self.metrics,
+            window=settings.concurrency_window_seconds,
+            lateness=settings.allowed_lateness_seconds,
+        )
         self.ingestor = Ingestor(
             self.store,
             self.metrics,
@@ -48,7 +55,8 @@ class Collector:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _stored(self, services: set[str]) -> None:
-        """Hook for settling; called after every stored batch."""
+        """After every stored batch: the services' watermarks may have moved."""
+        self.settler.wake(services)
 
     async def start(self) -> None:
         if self.store.embedded:
@@ -61,6 +69,11 @@ class Collector:
         self.metrics.redis_up.set(1 if up else 0)
         log.info("collector_started", redis_up=up, embedded=self.store.embedded)
         self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.settler.run(self.settings.settle_interval_seconds), name="settle"
+            )
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:

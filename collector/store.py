@@ -17,6 +17,7 @@ Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US reques
                                  `f` zset `version US fingerprint` by first event time
                                  `q:<bucket>` hash request_id -> resource (request lookup)
                                  `x:<bucket>` hash etag -> resource (who had this ETag)
+                                 `h:<minute>` zset resource by conflicts in that minute
 Global        `pw:services` zset service by last receive time
 
 Index buckets are 15 minutes of receive time and expire `retention` after their start.
@@ -187,7 +188,8 @@ _SERVICE = (
     + """
 -- KEYS: the service's `p` key. ARGV: now_ms, ttl, newest_ts, bucket, bucket_ttl, then blobs
 -- (RS between items, US between fields): request index (request_id, resource), ETag index
--- (etag, resource), pending (ts, member), versions (ts, version), formats (ts, member).
+-- (etag, resource), pending (ts, member), versions (ts, version), formats (ts, member),
+-- conflicts (minute, resource, count).
 local base = string.sub(KEYS[1], 1, -2)
 local p, m, v, f = KEYS[1], base .. 'm', base .. 'v', base .. 'f'
 local ttl, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
@@ -213,6 +215,12 @@ if #pargs > 0 then call_many('ZADD', p, 'NX', pargs) end
 local vargs, fargs = pairs_of(ARGV[9]), pairs_of(ARGV[10], true)
 if #vargs > 0 then call_many('ZADD', v, 'LT', vargs); redis.call('EXPIRE', v, ttl) end
 if #fargs > 0 then call_many('ZADD', f, 'LT', fargs); redis.call('EXPIRE', f, ttl) end
+for _, item in ipairs(split(ARGV[11], RS)) do
+  local x = split(item, US)
+  local h = base .. 'h:' .. x[1]
+  redis.call('ZINCRBY', h, x[3], x[2])
+  redis.call('EXPIRE', h, ttl)
+end
 if ARGV[3] ~= '' then
   redis.call('ZADD', m, 'GT', ARGV[3], 'max')
   redis.call('ZADD', m, ARGV[1], 'seen')
@@ -338,6 +346,7 @@ class _ServicePlan:
     versions: dict[str, float] = field(default_factory=dict)
     etags: dict[str, str] = field(default_factory=dict)
     formats: list[tuple[str, str, str]] = field(default_factory=list)
+    conflicts: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 def _blob(items: Iterable[Sequence[str]]) -> str:
@@ -512,6 +521,9 @@ class Store:
                 plan.pending.append((repr(event.ts), event.resource_id, event.request_id))
             if not is_new:
                 continue
+            if event.status in (409, 412):
+                slot = (int(event.ts // 60), event.resource_id)
+                plan.conflicts[slot] = plan.conflicts.get(slot, 0) + 1
             plan.requests.append((event.request_id, event.resource_id))
             if event.deploy_version:
                 first = plan.versions.get(event.deploy_version, event.ts)
@@ -544,6 +556,7 @@ class Store:
                     _blob(plan.pending),
                     _blob((repr(ts), version) for version, ts in plan.versions.items()),
                     _blob(plan.formats),
+                    _blob((str(m), r, str(n)) for (m, r), n in plan.conflicts.items()),
                 )
             pipe.zadd(SERVICES_KEY, dict.fromkeys(plans, now_ms))
             pipe.zremrangebyscore(SERVICES_KEY, "-inf", now_ms - self.retention * 1000)
@@ -716,6 +729,24 @@ class Store:
             if record is not None:
                 out.append((rid, record, _decode(decision)))
         return out
+
+    async def hot(
+        self, service: str, *, since: float, until: float, limit: int = 10
+    ) -> list[tuple[str, float]]:
+        """Resources with the most conflicts between two event times, most first."""
+        sp = service_prefix(service)
+        minutes = range(int(since // 60), int(until // 60) + 1)
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            for minute in minutes:
+                pipe.zrange(f"{sp}h:{minute}", 0, -1, withscores=True)
+
+        totals: dict[str, float] = {}
+        for bucket in await self._pipeline(build):
+            for resource, count in bucket:
+                name = resource.decode()
+                totals[name] = totals.get(name, 0.0) + float(count)
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
     async def versions(self, service: str) -> list[tuple[str, float]]:
         """Deploy versions of a service with the event time each was first seen, oldest first."""

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from collector import __version__
-from collector.api import health, ingest
+from collector.api import control, health, ingest, query
 from collector.logs import get_logger
 from collector.payload import PayloadError
 from collector.runtime import Collector
@@ -37,6 +37,8 @@ def create_app(settings: Settings, collector: Collector | None = None) -> FastAP
     app = FastAPI(title="Precondition Watch", version=__version__, lifespan=lifespan)
     app.state.collector = runtime
     app.include_router(ingest.router)
+    app.include_router(query.router)
+    app.include_router(control.router)
     app.include_router(health.router)
 
     @app.exception_handler(PayloadError)

@@ -1,0 +1,211 @@
+"""Settling: once a service's watermark passes a failure, classify it, store the decision, count it.
+
+Any replica may settle any failure; the store hands each one to a single claimer and keeps the
+first decision, and only the replica whose decision was kept counts it in the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from collector.classify import (
+    Cause,
+    Context,
+    Decision,
+    Failure,
+    LineageWrite,
+    PriorFailure,
+    classify_failure,
+)
+from collector.etag import parse_precondition
+from collector.logs import get_logger
+from collector.metrics import Metrics, exemplar
+from collector.store import FailureContext, PendingFailure, Store, StoreUnavailableError
+
+log = get_logger("collector.settle")
+
+
+def failure_from_record(pending: PendingFailure, record: dict[str, Any]) -> Failure:
+    """The classifier's view of a stored failure record."""
+    return Failure(
+        ts=float(record["ts"]),
+        request_id=pending.request_id,
+        resource_id=pending.resource_id,
+        status=int(record["status"]),
+        if_match=record.get("if_match"),
+        if_none_match=record.get("if_none_match"),
+        current_etag=record.get("current_etag"),
+        client_id=record.get("client_id"),
+        deploy_version=record.get("deploy_version"),
+        reason=record.get("reason"),
+    )
+
+
+def context_from_store(
+    found: FailureContext,
+    *,
+    window: float,
+    etag_owners: dict[str, str],
+    formats: dict[str, dict[str, float]],
+    versions: list[tuple[str, float]],
+) -> Context:
+    """The classifier's view of what the store holds around one failure."""
+    prior = [
+        PriorFailure(
+            ts=event.ts,
+            request_id=event.request_id,
+            status=int(event.record["status"]),
+            client_id=event.record.get("client_id"),
+            if_match=event.record.get("if_match"),
+        )
+        for event in found.recent
+        if int(event.record["status"]) in (409, 412)
+    ]
+    return Context(
+        writes=[LineageWrite(w.ts, w.request_id, w.etag, w.client_id) for w in found.writes],
+        prior_failures=prior,
+        etag_owners=etag_owners,
+        formats=formats,
+        versions=versions,
+        window=window,
+    )
+
+
+class Settler:
+    """Claims due failures, classifies them and records the decisions exactly once."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        window: float,
+        lateness: float,
+        batch_size: int = 500,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.window = window
+        self.lateness = lateness
+        self.batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._woken: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def wake(self, services: Iterable[str]) -> None:
+        """New events arrived for these services: their watermarks may have moved."""
+        self._woken.update(services)
+        self._wake.set()
+
+    async def settle_service(
+        self, service: str, *, force: bool = False, now: float | None = None
+    ) -> int:
+        """Settle every failure of `service` that is due; the number this call decided."""
+        decided = 0
+        while True:
+            claimed = await self.store.claim_due(
+                service, lateness=self.lateness, now=now, force=force, limit=self.batch_size
+            )
+            if not claimed:
+                return decided
+            decided += await self._settle(service, claimed, now)
+            if len(claimed) < self.batch_size:
+                return decided
+
+    async def settle_all(self, *, force: bool = False, now: float | None = None) -> int:
+        """Settle every service (the idle check runs inside the claim)."""
+        total = 0
+        async with self._lock:
+            for service in await self.store.services():
+                total += await self.settle_service(service, force=force, now=now)
+        return total
+
+    async def _settle(
+        self, service: str, claimed: Sequence[PendingFailure], now: float | None
+    ) -> int:
+        contexts = await self.store.load_contexts(claimed, window=self.window)
+        formats = await self.store.formats(service)
+        versions = await self.store.versions(service)
+        wanted: set[str] = set()
+        for found in contexts:
+            if found.record is not None and found.record.get("if_match"):
+                wanted.update(str(t) for t in parse_precondition(found.record["if_match"]).tags)
+        owners = await self.store.etag_owners(service, wanted, now=now)
+        decisions: list[tuple[PendingFailure, dict[str, Any]]] = []
+        details: list[tuple[dict[str, Any], Decision]] = []
+        for found in contexts:
+            if found.record is None:
+                # Trimmed from a hot resource's timeline before it settled: nothing to explain.
+                decision = Decision(Cause.UNKNOWN, {"evicted": True})
+                record: dict[str, Any] = {"status": 0}
+            else:
+                record = found.record
+                decision = classify_failure(
+                    failure_from_record(found.failure, record),
+                    context_from_store(
+                        found,
+                        window=self.window,
+                        etag_owners=owners,
+                        formats=formats,
+                        versions=versions,
+                    ),
+                )
+            stored = decision.as_dict()
+            stored["settled_at"] = round(time.time(), 3)
+            decisions.append((found.failure, stored))
+            details.append((record, decision))
+        kept = await self.store.record_decisions(decisions)
+        counted = 0
+        for (pending, _), (record, decision), is_first in zip(
+            decisions, details, kept, strict=True
+        ):
+            if is_first and record.get("status"):
+                self._count(pending, record, decision)
+                counted += 1
+        return counted
+
+    def _count(self, pending: PendingFailure, record: dict[str, Any], decision: Decision) -> None:
+        m = self.metrics
+        service = m.labels.service(pending.service)
+        route = m.labels.route(service, record.get("route"))
+        labels = (service, route, m.labels.method(record.get("method")), str(record["status"]))
+        example = exemplar(pending.request_id)
+        m.failures.labels(*labels, str(decision.cause)).inc(1, exemplar=example)
+        evidence = decision.evidence
+        if decision.cause is Cause.CONCURRENT_WRITE and "race_seconds" in evidence:
+            m.race_seconds.labels(service).observe(evidence["race_seconds"], exemplar=example)
+        superseded = evidence.get("superseded_seconds_ago")
+        if isinstance(superseded, int | float):
+            m.staleness_seconds.labels(service).observe(superseded)
+        for kind in evidence.get("rewrite", ()):
+            m.rewrites.labels(service, kind).inc()
+
+    async def run(self, interval: float) -> None:
+        """Settle woken services as events arrive, and every service each `interval`."""
+        last_sweep = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+            woken, self._woken = self._woken, set()
+            try:
+                async with self._lock:
+                    for service in woken:
+                        await self.settle_service(service)
+                if time.monotonic() - last_sweep >= interval:
+                    last_sweep = time.monotonic()
+                    await self.settle_all()
+                    self.metrics.pending.set(
+                        await self.store.pending_count(await self.store.services())
+                    )
+            except StoreUnavailableError as exc:
+                self.metrics.redis_up.set(0)
+                log.warning("settle_failed", error=str(exc))
+                await asyncio.sleep(interval)
+            except Exception:  # a bug must not stop settling for good
+                log.exception("settle_crashed")
+                await asyncio.sleep(interval)

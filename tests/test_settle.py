@@ -1,0 +1,140 @@
+"""Settling in event time: watermarks, late events, idle services, exactly-once decisions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.event import Event
+from collector.metrics import Metrics
+from collector.settle import Settler
+from collector.store import Store
+from tests.conftest import make_store
+
+pytestmark = pytest.mark.anyio
+
+T = 1_790_000_000.0
+MD5_A = '"9e107d9d372bb6826bd81d3542a419d6"'
+MD5_B = '"e4d909c290d0fb1ca068ffaddf22cbd0"'
+
+
+def write(rid: str, ts: float, etag: str, resource: str = "ord-1") -> Event:
+    return Event(ts=ts, service="shop", status=200, request_id=rid, resource_id=resource,
+                 current_etag=etag, client_id="web/u9", method="PUT", route="/o/{id}")  # fmt: skip
+
+
+def conflict(rid: str, ts: float, im: str = MD5_A, ce: str = MD5_B) -> Event:
+    return Event(ts=ts, service="shop", status=412, request_id=rid, resource_id="ord-1",
+                 if_match=im, current_etag=ce, client_id="web/u1", method="PUT",
+                 route="/o/{id}")  # fmt: skip
+
+
+def settler_for(store: Store, registry: CollectorRegistry | None = None) -> Settler:
+    metrics = Metrics(registry or CollectorRegistry())
+    return Settler(store, metrics, window=300, lateness=5)
+
+
+def failures_counted(settler: Settler, cause: str) -> float:
+    labels = {"service": "shop", "route": "/o/{id}", "method": "PUT", "status": "412"}
+    value = settler.metrics.registry.get_sample_value(
+        "precondition_failures_total", {**labels, "cause": cause}
+    )
+    return value or 0.0
+
+
+def total_failures(settler: Settler) -> float:
+    """Every failure counted by this settler, whatever its labels."""
+    return sum(
+        sample.value
+        for metric in settler.metrics.registry.collect()
+        if metric.name == "precondition_failures"
+        for sample in metric.samples
+        if sample.name == "precondition_failures_total"
+    )
+
+
+async def test_competing_write_arriving_4s_late_still_counts(store: Store) -> None:
+    """The 412 arrives first, the write that beat it 4 s later: still a race, with its winner."""
+    settler = settler_for(store)
+    await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
+    await store.ingest([write("w9", T + 3, '"0000"', resource="other")], T + 3)
+    assert await settler.settle_service("shop", now=T + 3) == 0  # watermark T-2 < T
+    await store.ingest([write("w1", T - 1.5, MD5_B)], T + 4)  # the winner, 4 s late
+    await store.ingest([write("w10", T + 6, '"0001"', resource="other")], T + 6)
+    assert await settler.settle_service("shop", now=T + 6) == 1
+    _, decision = await store.request("shop", "ord-1", "f1")
+    assert decision is not None
+    assert decision["cause"] == "concurrent_write"
+    assert decision["evidence"]["winner"]["request_id"] == "w1"
+    assert failures_counted(settler, "concurrent_write") == 1
+
+
+async def test_quiet_service_settles_after_lateness_of_wall_time(store: Store) -> None:
+    """With no newer events, a failure is settled once the service has been idle long enough."""
+    settler = settler_for(store)
+    await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
+    assert await settler.settle_all(now=T + 1) == 0
+    assert await settler.settle_all(now=T + 5.1) == 1
+
+
+async def test_flush_settles_everything_now(store: Store) -> None:
+    """force=True (POST /v1/flush) ignores the watermark."""
+    settler = settler_for(store)
+    await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
+    assert await settler.settle_all(force=True, now=T) == 1
+    assert await settler.settle_all(force=True, now=T) == 0
+
+
+async def test_two_settlers_count_each_failure_once(redis_url: str) -> None:
+    """Two collectors settling one real Redis concurrently count every failure exactly once."""
+    stores = [make_store("real", redis_url), make_store("real", redis_url)]
+    settlers = [settler_for(s) for s in stores]
+    events = [write("w0", T - 600, MD5_A)]
+    events += [conflict(f"f{i}", T - 300 + i) for i in range(200)]
+    await stores[0].ingest(events[:100], T)
+    await stores[1].ingest(events[100:], T)
+    counts = await asyncio.gather(*(s.settle_all(force=True, now=T) for s in settlers))
+    assert sum(counts) == 200
+    assert sum(total_failures(s) for s in settlers) == 200
+    for s in stores:
+        await s.close()
+
+
+async def test_redelivered_failure_is_not_counted_again(store: Store) -> None:
+    """A shipper resending a settled failure changes nothing: duplicate, no second count."""
+    settler = settler_for(store)
+    batch = [write("w0", T - 60, MD5_A), conflict("f1", T)]
+    await store.ingest(batch, T)
+    await settler.settle_all(force=True, now=T)
+    result = await store.ingest(batch, T + 10)
+    assert result.stored == [False, False]
+    assert await settler.settle_all(force=True, now=T + 10) == 0
+    assert (
+        failures_counted(settler, "stale_etag") + failures_counted(settler, "concurrent_write") == 1
+    )
+
+
+async def test_replay_gives_the_same_causes_as_live(store: Store) -> None:
+    """The same events delivered live (spread over time) or replayed at once: same decisions."""
+    events = [write("w0", T - 100, MD5_A), write("w1", T - 50, MD5_B), conflict("f1", T - 40)]
+    events += [write(f"x{i}", T + i, f'"{i:032x}"', resource=f"r{i}") for i in range(10)]
+    live = make_store("fake")
+    for event in events:
+        await live.ingest([event], event.ts)
+        await settler_for(live).settle_service("shop", now=event.ts)
+    replay = make_store("fake")
+    await replay.ingest(events, T + 86400 * 3)
+    await settler_for(replay).settle_all(force=True, now=T + 86400 * 3)
+    _, a = await live.request("shop", "ord-1", "f1")
+    _, b = await replay.request("shop", "ord-1", "f1")
+    assert a is not None and b is not None
+    assert (
+        (a["cause"], a["evidence"])
+        == (b["cause"], b["evidence"])
+        == (
+            "concurrent_write",
+            a["evidence"],
+        )
+    )
