@@ -73,6 +73,11 @@ class LabelGuard:
         return OTHER
 
     @staticmethod
+    def version(value: str) -> str:
+        """Versions are few per service and come from deploys; cleaned, not capped."""
+        return clean_label(value) or "unknown"
+
+    @staticmethod
     def method(value: str | None) -> str:
         if not value:
             return ""

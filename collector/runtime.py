@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +12,7 @@ from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.settle import Settler
 from collector.store import Store
+from collector.tracker import DeployTracker
 
 log = get_logger("collector")
 
@@ -40,12 +40,17 @@ class Collector:
             max_services=settings.max_services,
             max_routes_per_service=settings.max_routes_per_service,
         )
+        self.store.observer = self._observe_redis
         self.settler = Settler(
             self.store,
             self.metrics,
             window=settings.concurrency_window_seconds,
             lateness=settings.allowed_lateness_seconds,
         )
+        self.deploys = DeployTracker(
+            self.store, self.metrics, lateness=settings.allowed_lateness_seconds
+        )
+        self.settler.after_sweep = self.deploys.judge_all
         self.ingestor = Ingestor(
             self.store,
             self.metrics,
@@ -57,6 +62,12 @@ class Collector:
     def _stored(self, services: set[str]) -> None:
         """After every stored batch: the services' watermarks may have moved."""
         self.settler.wake(services)
+
+    def _observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
+        self.metrics.redis_seconds.labels(operation).observe(seconds)
+        if failed:
+            self.metrics.redis_errors.labels(operation).inc()
+        self.metrics.redis_up.set(0 if failed else 1)
 
     async def start(self) -> None:
         if self.store.embedded:
@@ -78,9 +89,9 @@ class Collector:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # Bounded: a task stuck in a Redis call must not hold shutdown forever.
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
         await self.store.close()
 

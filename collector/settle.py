@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from collector.classify import (
@@ -93,6 +93,8 @@ class Settler:
         self.lateness = lateness
         self.batch_size = batch_size
         self._wake = asyncio.Event()
+        # Runs after each periodic sweep (deploy verdicts); set by the runtime.
+        self.after_sweep: Callable[[], Awaitable[None]] | None = None
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
 
@@ -160,12 +162,17 @@ class Settler:
             details.append((record, decision))
         kept = await self.store.record_decisions(decisions)
         counted = 0
+        per_minute: dict[tuple[int, str], int] = {}
         for (pending, _), (record, decision), is_first in zip(
             decisions, details, kept, strict=True
         ):
             if is_first and record.get("status"):
                 self._count(pending, record, decision)
                 counted += 1
+                slot = (int(pending.ts // 60), str(decision.cause))
+                per_minute[slot] = per_minute.get(slot, 0) + 1
+        # Event-time counts by cause feed the deploy detector, shared by every replica.
+        await self.store.count_failures(service, per_minute)
         return counted
 
     def _count(self, pending: PendingFailure, record: dict[str, Any], decision: Decision) -> None:
@@ -199,6 +206,8 @@ class Settler:
                 if time.monotonic() - last_sweep >= interval:
                     last_sweep = time.monotonic()
                     await self.settle_all()
+                    if self.after_sweep is not None:
+                        await self.after_sweep()
                     self.metrics.pending.set(
                         await self.store.pending_count(await self.store.services())
                     )

@@ -18,6 +18,9 @@ Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US reques
                                  `q:<bucket>` hash request_id -> resource (request lookup)
                                  `x:<bucket>` hash etag -> resource (who had this ETag)
                                  `h:<minute>` zset resource by conflicts in that minute
+                                 `n:<minute>` hash `req` and `c:<cause>` counts (event time)
+                                 `d` hash version -> how the deploy became known (marker)
+                                 `r` hash version -> regression verdict (JSON), set once
 Global        `pw:services` zset service by last receive time
 
 Index buckets are 15 minutes of receive time and expire `retention` after their start.
@@ -26,7 +29,7 @@ Index buckets are 15 minutes of receive time and expire `retention` after their 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,7 +192,7 @@ _SERVICE = (
 -- KEYS: the service's `p` key. ARGV: now_ms, ttl, newest_ts, bucket, bucket_ttl, then blobs
 -- (RS between items, US between fields): request index (request_id, resource), ETag index
 -- (etag, resource), pending (ts, member), versions (ts, version), formats (ts, member),
--- conflicts (minute, resource, count).
+-- conflicts (minute, resource, count), requests (minute, count).
 local base = string.sub(KEYS[1], 1, -2)
 local p, m, v, f = KEYS[1], base .. 'm', base .. 'v', base .. 'f'
 local ttl, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
@@ -220,6 +223,12 @@ for _, item in ipairs(split(ARGV[11], RS)) do
   local h = base .. 'h:' .. x[1]
   redis.call('ZINCRBY', h, x[3], x[2])
   redis.call('EXPIRE', h, ttl)
+end
+for _, item in ipairs(split(ARGV[12], RS)) do
+  local x = split(item, US)
+  local n = base .. 'n:' .. x[1]
+  redis.call('HINCRBY', n, 'req', x[2])
+  redis.call('EXPIRE', n, ttl)
 end
 if ARGV[3] ~= '' then
   redis.call('ZADD', m, 'GT', ARGV[3], 'max')
@@ -347,6 +356,7 @@ class _ServicePlan:
     etags: dict[str, str] = field(default_factory=dict)
     formats: list[tuple[str, str, str]] = field(default_factory=list)
     conflicts: dict[tuple[int, str], int] = field(default_factory=dict)
+    requests_per_minute: dict[int, int] = field(default_factory=dict)
 
 
 def _blob(items: Iterable[Sequence[str]]) -> str:
@@ -373,6 +383,7 @@ class Store:
         timeline_max_events: int = 2000,
         lineage_max_writes: int = 500,
         embedded: bool = False,
+        observer: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         # Typed as Any: redis-py annotates replies as unions of every RESP shape; this class
         # knows each command's reply and decodes it where it reads it.
@@ -383,6 +394,8 @@ class Store:
         self.embedded = embedded
         self._shas: dict[str, str] = {}
         self._batches = 0
+        # Called with (operation, seconds, failed) after every round trip: Redis latency metrics.
+        self.observer = observer
 
     @classmethod
     def from_url(cls, url: str | None, **options: Any) -> Store:
@@ -413,6 +426,18 @@ class Store:
 
     async def _pipeline(self, build: Any) -> list[Any]:
         """Run the commands `build(pipe, shas)` queues; reload scripts once if Redis forgot."""
+        operation = build.__qualname__.split(".")[1].lstrip("_")  # the Store method's name
+        started = time.perf_counter()
+        failed = True
+        try:
+            replies = await self._execute(build)
+            failed = False
+            return replies
+        finally:
+            if self.observer is not None:
+                self.observer(operation, time.perf_counter() - started, failed)
+
+    async def _execute(self, build: Any) -> list[Any]:
         for attempt in (1, 2):
             try:
                 if not self._shas:
@@ -521,6 +546,8 @@ class Store:
                 plan.pending.append((repr(event.ts), event.resource_id, event.request_id))
             if not is_new:
                 continue
+            minute = int(event.ts // 60)
+            plan.requests_per_minute[minute] = plan.requests_per_minute.get(minute, 0) + 1
             if event.status in (409, 412):
                 slot = (int(event.ts // 60), event.resource_id)
                 plan.conflicts[slot] = plan.conflicts.get(slot, 0) + 1
@@ -557,6 +584,7 @@ class Store:
                     _blob((repr(ts), version) for version, ts in plan.versions.items()),
                     _blob(plan.formats),
                     _blob((str(m), r, str(n)) for (m, r), n in plan.conflicts.items()),
+                    _blob((str(m), str(n)) for m, n in plan.requests_per_minute.items()),
                 )
             pipe.zadd(SERVICES_KEY, dict.fromkeys(plans, now_ms))
             pipe.zremrangebyscore(SERVICES_KEY, "-inf", now_ms - self.retention * 1000)
@@ -680,6 +708,81 @@ class Store:
 
         replies = await self._pipeline(build)
         return [bool(r) for r in replies[: len(decisions)]]
+
+    async def count_failures(self, service: str, counts: dict[tuple[int, str], int]) -> None:
+        """Add decided failures to the per-minute counts, {(minute, cause): n}."""
+        if not counts:
+            return
+        sp = service_prefix(service)
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            for (minute, cause), n in counts.items():
+                pipe.hincrby(f"{sp}n:{minute}", f"c:{cause}", n)
+                pipe.expire(f"{sp}n:{minute}", self.retention)
+
+        await self._pipeline(build)
+
+    async def minute_counts(
+        self, service: str, first_minute: int, last_minute: int
+    ) -> dict[int, dict[str, int]]:
+        """Per-minute counts (`req`, `c:<cause>`) for minutes first..last inclusive."""
+        sp = service_prefix(service)
+        minutes = list(range(first_minute, last_minute + 1))
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            for minute in minutes:
+                pipe.hgetall(f"{sp}n:{minute}")
+
+        out: dict[int, dict[str, int]] = {}
+        for minute, raw in zip(minutes, await self._pipeline(build), strict=True):
+            if raw:
+                out[minute] = {k.decode(): int(v) for k, v in raw.items()}
+        return out
+
+    async def record_deploy(
+        self, service: str, version: str, ts: float, now: float | None = None
+    ) -> None:
+        """A deploy marker: the version's deploy time is the marker's, not its first event."""
+        now = time.time() if now is None else now
+        sp = service_prefix(service)
+        now_ms = int(now * 1000)
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            pipe.zadd(sp + "v", {version: ts})
+            pipe.expire(sp + "v", self.retention)
+            pipe.hsetnx(sp + "d", version, orjson.dumps({"source": "marker"}))
+            pipe.expire(sp + "d", self.retention)
+            pipe.zadd(SERVICES_KEY, {service: now_ms})
+            pipe.expire(SERVICES_KEY, self.retention)
+
+        await self._pipeline(build)
+
+    async def deploy_records(self, service: str) -> dict[str, dict[str, Any]]:
+        """Per version: how it became known (`source`) and its regression verdict, if any."""
+        sp = service_prefix(service)
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            pipe.hgetall(sp + "d")
+            pipe.hgetall(sp + "r")
+
+        sources, verdicts = await self._pipeline(build)
+        out: dict[str, dict[str, Any]] = {}
+        for version, raw in sources.items():
+            out.setdefault(version.decode(), {}).update(orjson.loads(raw))
+        for version, raw in verdicts.items():
+            out.setdefault(version.decode(), {})["regression"] = orjson.loads(raw)
+        return out
+
+    async def record_regression(self, service: str, version: str, verdict: dict[str, Any]) -> bool:
+        """Record a deploy's first regression verdict; True if this call recorded it."""
+        key = service_prefix(service) + "r"
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            pipe.hsetnx(key, version, orjson.dumps(verdict))
+            pipe.expire(key, self.retention)
+
+        first, _ = await self._pipeline(build)
+        return bool(first)
 
     # -- queries ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ duplicate lines. Events go through the real ingest path and settle in event time
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 import pytest
@@ -46,7 +46,10 @@ class Node:
 
 
 async def replay_live(
-    nodes: Sequence[Node], delivered: list[dict[str, object]], batch: int = 200
+    nodes: Sequence[Node],
+    delivered: list[dict[str, object]],
+    batch: int = 200,
+    after_batch: Callable[[Node, float], Awaitable[None]] | None = None,
 ) -> None:
     """Feed batches round-robin to the nodes at their arrival times, settling as live."""
     arrival = 0.0
@@ -59,6 +62,8 @@ async def replay_live(
         assert not result.rejected
         for service in result.services:
             await node.settler.settle_service(service, now=arrival)
+        if after_batch is not None:
+            await after_batch(node, arrival)
     for node in nodes:
         await node.settler.settle_all(force=True, now=arrival + 10)
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from collector import __version__
-from collector.api import control, health, ingest, query
+from collector.api import control, deploys, health, ingest, query
 from collector.logs import get_logger
 from collector.payload import PayloadError
 from collector.runtime import Collector
@@ -38,6 +38,7 @@ def create_app(settings: Settings, collector: Collector | None = None) -> FastAP
     app.state.collector = runtime
     app.include_router(ingest.router)
     app.include_router(query.router)
+    app.include_router(deploys.router)
     app.include_router(control.router)
     app.include_router(health.router)
 

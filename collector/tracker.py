@@ -1,0 +1,83 @@
+"""Deploy tracking against the store: each service's versions, ETag formats and verdicts.
+
+Runs after settling, in event time: the latest deploy of a service is judged from the counts of
+the minutes around it, up to the service's watermark, and a regression is recorded once (any
+replica may record it). The deploy gauges are refreshed from the store on every pass.
+"""
+
+from __future__ import annotations
+
+from collector.deploys import WATCH_SECONDS, Deploy, assess_deploy, split_counts
+from collector.metrics import Metrics
+from collector.store import Store
+
+
+class DeployTracker:
+    """Judges every service's latest deploy and keeps the deploy gauges current."""
+
+    def __init__(self, store: Store, metrics: Metrics, *, lateness: float) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.lateness = lateness
+        self._exported: dict[str, tuple[str, bool]] = {}
+
+    async def deploys(self, service: str) -> list[Deploy]:
+        """Every known version of a service, oldest first, with formats and verdicts."""
+        versions = await self.store.versions(service)
+        formats = await self.store.formats(service)
+        records = await self.store.deploy_records(service)
+        return [
+            Deploy(
+                version=version,
+                ts=ts,
+                source=str(records.get(version, {}).get("source", "events")),
+                formats=tuple(sorted(formats.get(version, {}))),
+                regression=records.get(version, {}).get("regression"),
+            )
+            for version, ts in sorted(versions, key=lambda item: item[1])
+        ]
+
+    async def judge(self, service: str) -> Deploy | None:
+        """Judge the latest deploy of `service`; return it (with any verdict)."""
+        deploys = await self.deploys(service)
+        newest = await self.store.watermark(service)
+        if not deploys or newest is None:
+            return None
+        latest = deploys[-1]
+        # Failures are counted once settled: judge up to the watermark, not the newest event.
+        until = newest - self.lateness
+        if latest.regression is None and len(deploys) > 1 and until - latest.ts <= WATCH_SECONDS:
+            first = int((latest.ts - 600) // 60)
+            minutes = await self.store.minute_counts(service, first, int(until // 60))
+            before, after = split_counts(minutes, latest.ts, until)
+            found = assess_deploy(before, after)
+            if found is not None:
+                verdict: dict[str, object] = {
+                    "detected_at": until,
+                    "cause": found.cause,
+                    "baseline_ratio": found.baseline_ratio,
+                    "ratio": found.ratio,
+                }
+                await self.store.record_regression(service, latest.version, verdict)
+                latest = Deploy(latest.version, latest.ts, latest.source, latest.formats, verdict)
+        self.export(service, latest)
+        return latest
+
+    def export(self, service: str, latest: Deploy) -> None:
+        """Set the deploy gauges for the service's latest deploy, dropping the previous one."""
+        m = self.metrics
+        label = m.labels.service(service)
+        version = m.labels.version(latest.version)
+        regressed = latest.regression is not None
+        previous = self._exported.get(label)
+        if previous is not None and previous[0] != version:
+            m.deploy_info.remove(label, previous[0])
+            m.deploy_regression.remove(label, previous[0])
+        m.deploy_info.labels(label, version).set(1)
+        m.deploy_timestamp.labels(label).set(latest.ts)
+        m.deploy_regression.labels(label, version).set(1 if regressed else 0)
+        self._exported[label] = (version, regressed)
+
+    async def judge_all(self) -> None:
+        for service in await self.store.services():
+            await self.judge(service)
