@@ -15,6 +15,7 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from collector.store import Store
 
@@ -138,6 +139,17 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         s = make_store("real", request.getfixturevalue("redis_url"))
     yield s
     await s.close()
+
+
+def failures_in(registry: CollectorRegistry) -> float:
+    """Every failure a registry counted, whatever its labels."""
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "precondition_failures"
+        for sample in metric.samples
+        if sample.name == "precondition_failures_total"
+    )
 
 
 os.environ.setdefault("PW_LOG_LEVEL", "warning")

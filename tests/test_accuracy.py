@@ -19,7 +19,7 @@ from collector.metrics import Metrics
 from collector.payload import Record
 from collector.settle import Settler
 from collector.store import Store
-from tests.conftest import make_store
+from tests.conftest import failures_in, make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -36,13 +36,7 @@ class Node:
         self.settler = Settler(store, self.metrics, window=300, lateness=5)
 
     def failures_counted(self) -> float:
-        return sum(
-            s.value
-            for m in self.metrics.registry.collect()
-            if m.name == "precondition_failures"
-            for s in m.samples
-            if s.name == "precondition_failures_total"
-        )
+        return failures_in(self.metrics.registry)
 
 
 async def replay_live(

@@ -11,7 +11,7 @@ from collector.event import Event
 from collector.metrics import Metrics
 from collector.settle import Settler
 from collector.store import Store
-from tests.conftest import make_store
+from tests.conftest import failures_in, make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -46,13 +46,7 @@ def failures_counted(settler: Settler, cause: str) -> float:
 
 def total_failures(settler: Settler) -> float:
     """Every failure counted by this settler, whatever its labels."""
-    return sum(
-        sample.value
-        for metric in settler.metrics.registry.collect()
-        if metric.name == "precondition_failures"
-        for sample in metric.samples
-        if sample.name == "precondition_failures_total"
-    )
+    return failures_in(settler.metrics.registry)
 
 
 async def test_competing_write_arriving_4s_late_still_counts(store: Store) -> None:
