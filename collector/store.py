@@ -278,7 +278,9 @@ local e = KEYS[1]
 local base = string.sub(e, 1, -2)
 local rec = redis.call('HGET', e, ARGV[1])
 local decided = redis.call('HEXISTS', e, 'c:' .. ARGV[1])
-local writes = redis.call('ZRANGE', base .. 'w', 0, -1, 'WITHSCORES')
+-- the newest 100 writes up to the failure: enough lineage to find If-Match on a hot resource
+local writes = redis.call(
+  'ZREVRANGEBYSCORE', base .. 'w', ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 100)
 local since = tonumber(ARGV[2]) - tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local ids = redis.call('ZREVRANGEBYSCORE', base .. 't', ARGV[2], since, 'LIMIT', 0, limit)
@@ -645,6 +647,7 @@ class Store:
             for member, score in zip(writes_raw[::2], writes_raw[1::2], strict=True):
                 request_id, etag, client = orjson.loads(member)
                 writes.append(Write(float(score), request_id, etag, client))
+            writes.reverse()  # oldest first
             recent = [
                 StoredEvent(rid.decode(), orjson.loads(raw))
                 for rid, raw in zip(ids, recent_raw, strict=True)
