@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from collector.etag import (
@@ -41,6 +42,7 @@ from collector.etag import (
     strong_match,
     weak_match,
 )
+from collector.event import Event
 
 
 class Cause(StrEnum):
@@ -81,22 +83,6 @@ class PriorFailure:
     if_match: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """The failure being explained, in canonical fields."""
-
-    ts: float
-    request_id: str
-    resource_id: str
-    status: int
-    if_match: str | None = None
-    if_none_match: str | None = None
-    current_etag: str | None = None
-    client_id: str | None = None
-    deploy_version: str | None = None
-    reason: str | None = None
-
-
 @dataclass(frozen=True)
 class Context:
     """What the store knows around the failure; every field may be empty."""
@@ -126,11 +112,16 @@ class Decision:
 class _Facts:
     """The failure with its headers parsed once, shared by every rule."""
 
-    failure: Failure
+    failure: Event
     context: Context
     if_match: Precondition
     if_none_match: Precondition
     current: EntityTag | None
+
+    @cached_property
+    def supersession(self) -> _Supersession | None:
+        """Computed once: three rules (race, cross-resource, stale) look at it."""
+        return _supersession(self)
 
 
 Rule = Callable[[_Facts], Decision | None]
@@ -194,13 +185,14 @@ def _format_change(f: _Facts) -> Decision | None:
     current_format = fingerprint(f.current)
     if current_format not in formats[version]:
         return None
-    started = dict(f.context.versions).get(version)
+    first_seen = dict(f.context.versions)
+    started = first_seen.get(version)
     for tag in f.if_match.tags:
         old_format = fingerprint(tag)
         if old_format == current_format or old_format in formats[version]:
             continue
         for earlier, seen in formats.items():
-            first = dict(f.context.versions).get(earlier)
+            first = first_seen.get(earlier)
             is_earlier = earlier != version and (
                 started is None or first is None or first < started
             )
@@ -286,7 +278,7 @@ def _supersession(f: _Facts) -> _Supersession | None:
 
 
 def _concurrent_write(f: _Facts) -> Decision | None:
-    found = _supersession(f)
+    found = f.supersession
     if found is None or found.age > f.context.window:
         return None
     winner = found.superseded_by
@@ -305,7 +297,7 @@ def _concurrent_write(f: _Facts) -> Decision | None:
 
 
 def _cross_resource(f: _Facts) -> Decision | None:
-    if _supersession(f) is not None:
+    if f.supersession is not None:
         return None
     for tag in f.if_match.tags:
         owner = f.context.etag_owners.get(str(tag))
@@ -315,7 +307,7 @@ def _cross_resource(f: _Facts) -> Decision | None:
 
 
 def _stale_etag(f: _Facts) -> Decision | None:
-    found = _supersession(f)
+    found = f.supersession
     if found is not None:
         if found.superseded_by is None:
             return None  # superseded by an unlogged write, longer ago than W: cannot tell
@@ -364,7 +356,7 @@ def _unknown(f: _Facts) -> Decision:
     return Decision(Cause.UNKNOWN, evidence)
 
 
-def classify_failure(failure: Failure, context: Context) -> Decision:
+def classify_failure(failure: Event, context: Context) -> Decision:
     """The cause of one failure: the first rule of RULES that matches, else unknown."""
     facts = _Facts(
         failure=failure,

@@ -43,11 +43,6 @@ def parse_records(
     return events, rejected
 
 
-def event_formats(events: Sequence[Event]) -> list[tuple[str, str, str, float]]:
-    """(service, version, ETag fingerprint, ts) for events that show a version's ETag format."""
-    return FormatTracker().formats(events)
-
-
 class FormatTracker:
     """Fingerprints the ETags of a batch, skipping the ones whose shape was fingerprinted before.
 

@@ -16,12 +16,12 @@ from collector.classify import (
     Cause,
     Context,
     Decision,
-    Failure,
     LineageWrite,
     PriorFailure,
     classify_failure,
 )
 from collector.etag import parse_precondition
+from collector.event import Event
 from collector.logs import get_logger
 from collector.metrics import Metrics, exemplar
 from collector.store import FailureContext, PendingFailure, Store, StoreUnavailableError
@@ -29,10 +29,11 @@ from collector.store import FailureContext, PendingFailure, Store, StoreUnavaila
 log = get_logger("collector.settle")
 
 
-def failure_from_record(pending: PendingFailure, record: dict[str, Any]) -> Failure:
-    """The classifier's view of a stored failure record."""
-    return Failure(
+def failure_from_record(pending: PendingFailure, record: dict[str, Any]) -> Event:
+    """The event back from its stored record (the record keeps every field but the keys)."""
+    return Event(
         ts=float(record["ts"]),
+        service=pending.service,
         request_id=pending.request_id,
         resource_id=pending.resource_id,
         status=int(record["status"]),
@@ -42,6 +43,8 @@ def failure_from_record(pending: PendingFailure, record: dict[str, Any]) -> Fail
         client_id=record.get("client_id"),
         deploy_version=record.get("deploy_version"),
         reason=record.get("reason"),
+        route=record.get("route"),
+        method=record.get("method"),
     )
 
 
@@ -140,8 +143,9 @@ class Settler:
         decisions: list[tuple[PendingFailure, dict[str, Any]]] = []
         details: list[tuple[dict[str, Any], Decision]] = []
         for found in contexts:
-            if found.record is None:
-                # Trimmed from a hot resource's timeline before it settled: nothing to explain.
+            if found.record is None or found.already_decided:
+                # Trimmed from a hot resource's timeline before it settled, or re-leased after
+                # another replica decided it: nothing to classify; the store keeps the first.
                 decision = Decision(Cause.UNKNOWN, {"evicted": True})
                 record: dict[str, Any] = {"status": 0}
             else:

@@ -8,11 +8,11 @@ from collector.classify import (
     RULES,
     Cause,
     Context,
-    Failure,
     LineageWrite,
     PriorFailure,
     classify_failure,
 )
+from collector.event import Event
 
 T = 1_790_000_000.0
 MD5_A = '"9e107d9d372bb6826bd81d3542a419d6"'
@@ -20,9 +20,10 @@ MD5_B = '"e4d909c290d0fb1ca068ffaddf22cbd0"'
 MD5_C = '"d41d8cd98f00b204e9800998ecf8427e"'
 
 
-def failure(**kw: object) -> Failure:
+def failure(**kw: object) -> Event:
     fields: dict[str, object] = {
         "ts": T,
+        "service": "shop",
         "request_id": "f-1",
         "resource_id": "ord-1",
         "status": 412,
@@ -31,7 +32,7 @@ def failure(**kw: object) -> Failure:
         "client_id": "web/u1",
     }
     fields.update(kw)
-    return Failure(**fields)  # type: ignore[arg-type]
+    return Event(**fields)  # type: ignore[arg-type]
 
 
 def lineage(*writes: tuple[float, str], client: str = "web/u9") -> list[LineageWrite]:
