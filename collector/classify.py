@@ -252,22 +252,25 @@ class _Supersession:
     age: float  # seconds from the superseding write (or the last sighting) to the failure
 
 
+def _is_written_tag(raw: str, tag: EntityTag) -> bool:
+    """Whether a lineage ETag (raw, as logged) is `tag`, ignoring the weak flag."""
+    # A tag's opaque always appears in its raw form: most writes are ruled out without parsing.
+    if tag.opaque not in raw:
+        return False
+    written = parse_etag(raw)
+    return written is not None and weak_match(written, tag)
+
+
 def _supersession(f: _Facts) -> _Supersession | None:
     """The latest-superseded If-Match tag found in this resource's lineage, if any."""
     writes = sorted((w for w in f.context.writes if w.ts <= f.failure.ts), key=lambda w: w.ts)
     best: _Supersession | None = None
     for tag in f.if_match.tags:
         for index in range(len(writes) - 1, -1, -1):
-            written = parse_etag(writes[index].etag)
-            if written is None or not weak_match(written, tag):
+            if not _is_written_tag(writes[index].etag, tag):
                 continue
             successor = next(
-                (
-                    w
-                    for w in writes[index + 1 :]
-                    if (parsed := parse_etag(w.etag)) is None or not weak_match(parsed, tag)
-                ),
-                None,
+                (w for w in writes[index + 1 :] if not _is_written_tag(w.etag, tag)), None
             )
             anchor = successor or writes[index]
             found = _Supersession(writes[index], successor, f.failure.ts - anchor.ts)

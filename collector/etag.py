@@ -80,8 +80,11 @@ def _split_suffixes(tail: str) -> list[RewriteKind] | None:
     return kinds
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def parse_etag(value: str) -> EntityTag | None:
@@ -215,6 +218,8 @@ _ALNUM = re.compile(r"[A-Za-z0-9]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+=*")
 _SEPARATORS = re.compile(r"([-_.:/])")
+_UPPER = re.compile(r"[A-Z]")
+_LOWER = re.compile(r"[a-z]")
 
 
 def _bucket(n: int) -> str:
@@ -230,7 +235,7 @@ def _looks_base64(opaque: str) -> bool:
     # real base64 of 16+ characters almost surely has both letter cases, padding or a '+'.
     if len(opaque) < 16 or not _B64.fullmatch(opaque):
         return False
-    has_both = any(c.isupper() for c in opaque) and any(c.islower() for c in opaque)
+    has_both = _UPPER.search(opaque) is not None and _LOWER.search(opaque) is not None
     return has_both or "+" in opaque or "=" in opaque
 
 
@@ -246,7 +251,7 @@ def _segment_shape(segment: str, alone: bool) -> str:
     if _HEX.fullmatch(segment):
         if n < 16:
             return "x"
-        name = "HEX" if any(c.isupper() for c in segment) else "hex"
+        name = "HEX" if _UPPER.search(segment) else "hex"
         return f"{name}{n}" if n in _HASH_LENGTHS else f"{name}{_bucket(n)}"
     letters_n = _LETTERS_N.fullmatch(segment)
     if letters_n:

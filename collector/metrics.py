@@ -45,15 +45,20 @@ class LabelGuard:
         self._max_routes = max_routes_per_service
         self._services: set[str] = set()
         self._routes: dict[str, set[str]] = {}
+        # Raw value -> label, for accepted values only (so it is as bounded as the caps):
+        # key (None, service) for services, (service label, route) for routes.
+        self._accepted: dict[tuple[str | None, str], str] = {}
         self._lock = threading.Lock()
 
     def service(self, value: str) -> str:
+        known = self._accepted.get((None, value))
+        if known is not None:  # the hot path: a value seen before, no cleaning again
+            return known
         name = clean_label(value) or "unknown"
         with self._lock:
-            if name in self._services:
-                return name
-            if len(self._services) < self._max_services:
+            if name in self._services or len(self._services) < self._max_services:
                 self._services.add(name)
+                self._remember((None, value), name)
                 return name
         self._overflow.labels("service").inc()
         return OTHER
@@ -61,16 +66,24 @@ class LabelGuard:
     def route(self, service: str, value: str | None) -> str:
         if not value:
             return ""
+        cached = self._accepted.get((service, value))
+        if cached is not None:
+            return cached
         name = clean_label(value)
         with self._lock:
             known = self._routes.setdefault(service, set())
-            if name in known:
-                return name
-            if len(known) < self._max_routes:
+            if name in known or len(known) < self._max_routes:
                 known.add(name)
+                self._remember((service, value), name)
                 return name
         self._overflow.labels("route").inc()
         return OTHER
+
+    def _remember(self, key: tuple[str | None, str], name: str) -> None:
+        # Many raw values can clean to one label (long values are cut): bound the cache too.
+        if len(self._accepted) >= 100_000:
+            self._accepted.clear()
+        self._accepted[key] = name
 
     @staticmethod
     def version(value: str) -> str:

@@ -16,11 +16,9 @@ from collector.classify import (
     Cause,
     Context,
     Decision,
-    LineageWrite,
-    PriorFailure,
     classify_failure,
 )
-from collector.etag import parse_precondition
+from collector.etag import is_high_entropy, parse_precondition
 from collector.event import Event
 from collector.logs import get_logger
 from collector.metrics import Metrics, exemplar
@@ -57,20 +55,9 @@ def context_from_store(
     versions: list[tuple[str, float]],
 ) -> Context:
     """The classifier's view of what the store holds around one failure."""
-    prior = [
-        PriorFailure(
-            ts=event.ts,
-            request_id=event.request_id,
-            status=int(event.record["status"]),
-            client_id=event.record.get("client_id"),
-            if_match=event.record.get("if_match"),
-        )
-        for event in found.recent
-        if int(event.record["status"]) in (409, 412)
-    ]
     return Context(
-        writes=[LineageWrite(w.ts, w.request_id, w.etag, w.client_id) for w in found.writes],
-        prior_failures=prior,
+        writes=found.writes,
+        prior_failures=found.prior_conflicts,
         etag_owners=etag_owners,
         formats=formats,
         versions=versions,
@@ -135,10 +122,14 @@ class Settler:
         contexts = await self.store.load_contexts(claimed, window=self.window)
         formats = await self.store.formats(service)
         versions = await self.store.versions(service)
+        # Only an If-Match missing from the resource's own lineage can be another resource's.
         wanted: set[str] = set()
         for found in contexts:
-            if found.record is not None and found.record.get("if_match"):
-                wanted.update(str(t) for t in parse_precondition(found.record["if_match"]).tags)
+            if found.record is None or not found.record.get("if_match"):
+                continue
+            for tag in parse_precondition(found.record["if_match"]).tags:
+                if is_high_entropy(tag) and not any(tag.opaque in w.etag for w in found.writes):
+                    wanted.add(str(tag))
         owners = await self.store.etag_owners(service, wanted, now=now)
         decisions: list[tuple[PendingFailure, dict[str, Any]]] = []
         details: list[tuple[dict[str, Any], Decision]] = []

@@ -10,6 +10,7 @@ Per resource, `pw:r:{s:r}:` + `e` hash request_id -> event record (JSON),
                                  `t` zset request_id by event time (the timeline; an id
                                      already in it is a duplicate)
                                  `w` zset write [request_id, etag, client] by event time (lineage)
+                                 `f` zset 412/409 [request_id, status, client, if_match] by time
 Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id` by ts
                                  `i` zset claimed (in-flight) failure by lease expiry
                                  `m` zset `max` = newest event time, `seen` = last receive time
@@ -37,6 +38,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from collector.classify import LineageWrite, PriorFailure
 from collector.event import Event
 
 US = "\x1f"  # never inside a stored field: event.py rejects control characters
@@ -127,7 +129,7 @@ _INGEST = (
     + """
 -- KEYS: the `e` key of each resource. ARGV: now_ms, ttl, timeline_cap, writes_cap, housekeep,
 -- per-key event counts (comma-separated), events blob; an event is
--- request_id US ts US is_failure US write_member US record.
+-- request_id US ts US is_failure US write_member US conflict_member US record.
 -- Returns one code per event: 0 stored, 1 duplicate, 2 duplicate of an undecided failure.
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tcap, wcap, housekeep = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
@@ -137,14 +139,14 @@ local out, n = {}, 0
 for r = 1, #KEYS do
   local e = KEYS[r]
   local base = string.sub(e, 1, -2)
-  local t, w = base .. 't', base .. 'w'
+  local t, w, cf = base .. 't', base .. 'w', base .. 'f'
   local fields, ids = {}, {}
   for j = 1, tonumber(counts[r]) do
     local f = split(events[n + j], US)
     fields[j], ids[j] = f, f[1]
   end
   local seen = redis.call('ZMSCORE', t, unpack(ids))
-  local eargs, targs, wargs = {}, {}, {}
+  local eargs, targs, wargs, cargs = {}, {}, {}, {}
   for j, f in ipairs(fields) do
     if seen[j] then
       if f[3] == '1' and redis.call('HEXISTS', e, 'c:' .. f[1]) == 0 then
@@ -153,9 +155,10 @@ for r = 1, #KEYS do
         out[n + j] = 1
       end
     else
-      eargs[#eargs+1] = f[1]; eargs[#eargs+1] = f[5]
+      eargs[#eargs+1] = f[1]; eargs[#eargs+1] = f[6]
       targs[#targs+1] = f[2]; targs[#targs+1] = f[1]
       if f[4] ~= '' then wargs[#wargs+1] = f[2]; wargs[#wargs+1] = f[4] end
+      if f[5] ~= '' then cargs[#cargs+1] = f[2]; cargs[#cargs+1] = f[5] end
       out[n + j] = 0
     end
   end
@@ -164,12 +167,15 @@ for r = 1, #KEYS do
     call_many('HSET', e, nil, eargs)
     call_many('ZADD', t, nil, targs)
     if #wargs > 0 then call_many('ZADD', w, nil, wargs) end
+    if #cargs > 0 then call_many('ZADD', cf, nil, cargs) end
     redis.call('EXPIRE', e, ttl)
     redis.call('EXPIRE', t, ttl)
     redis.call('EXPIRE', w, ttl)
+    redis.call('EXPIRE', cf, ttl)
   end
   if housekeep then
     redis.call('ZREMRANGEBYRANK', w, 0, -(wcap + 1))
+    redis.call('ZREMRANGEBYRANK', cf, 0, -(tcap + 1))
     local extra = redis.call('ZCARD', t) - tcap
     while extra > 0 do
       local chunk = math.min(extra, 1000)
@@ -273,7 +279,7 @@ return out
 
 _SNAPSHOT = """
 -- KEYS: the resource's `e`. ARGV: request_id, ts, window_s, limit.
--- The failure's record and decision, the lineage, and the events in the window before it.
+-- The failure's record and decision, the lineage, and the conflicts in the window before it.
 local e = KEYS[1]
 local base = string.sub(e, 1, -2)
 local rec = redis.call('HGET', e, ARGV[1])
@@ -283,35 +289,46 @@ local writes = redis.call(
   'ZREVRANGEBYSCORE', base .. 'w', ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 100)
 local since = tonumber(ARGV[2]) - tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
-local ids = redis.call('ZREVRANGEBYSCORE', base .. 't', ARGV[2], since, 'LIMIT', 0, limit)
-local recent = {}
-if #ids > 0 then recent = redis.call('HMGET', e, unpack(ids)) end
-return {rec or '', writes, ids, recent, decided}
+local prior = redis.call(
+  'ZREVRANGEBYSCORE', base .. 'f', ARGV[2], since, 'WITHSCORES', 'LIMIT', 0, limit)
+return {rec or '', writes, prior, decided}
 """
 
-_SCRIPTS = {"ingest": _INGEST, "service": _SERVICE, "claim": _CLAIM, "snapshot": _SNAPSHOT}
+_LOOKUP = (
+    _LIB
+    + """
+-- KEYS: the service's `p` key. ARGV: index (`q` or `x`), newest bucket, oldest bucket, names
+-- blob (RS between names). Returns the newest value of each name (false where none), searching
+-- buckets newest first and stopping once every name is found.
+local base = string.sub(KEYS[1], 1, -2)
+local names = split(ARGV[4], RS)
+local found, missing = {}, #names
+for bucket = tonumber(ARGV[2]), tonumber(ARGV[3]), -1 do
+  if missing == 0 then break end
+  local key = base .. ARGV[1] .. ':' .. bucket
+  if redis.call('EXISTS', key) == 1 then
+    local values = redis.call('HMGET', key, unpack(names))
+    for i = 1, #names do
+      if not found[i] and values[i] then
+        found[i] = values[i]
+        missing = missing - 1
+      end
+    end
+  end
+end
+local out = {}
+for i = 1, #names do out[i] = found[i] or false end
+return out
+"""
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """A 2xx write that made `etag` the resource's current ETag at `ts`."""
-
-    ts: float
-    request_id: str
-    etag: str
-    client_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as the timeline keeps it."""
-
-    request_id: str
-    record: dict[str, Any]
-
-    @property
-    def ts(self) -> float:
-        return float(self.record["ts"])
+_SCRIPTS = {
+    "ingest": _INGEST,
+    "service": _SERVICE,
+    "claim": _CLAIM,
+    "snapshot": _SNAPSHOT,
+    "lookup": _LOOKUP,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,8 +351,8 @@ class FailureContext:
 
     failure: PendingFailure
     record: dict[str, Any] | None
-    writes: list[Write]
-    recent: list[StoredEvent]
+    writes: list[LineageWrite]
+    prior_conflicts: list[PriorFailure]
     already_decided: bool
 
 
@@ -364,6 +381,13 @@ class _ServicePlan:
 def _blob(items: Iterable[Sequence[str]]) -> str:
     """Items for a script: fields joined by US, items by RS."""
     return RS.join(US.join(item) for item in items)
+
+
+def _conflict_member(event: Event) -> bytes:
+    """A 412/409 with If-Match, as blind-retry detection needs it (no JSON record to read)."""
+    if event.status not in (409, 412) or not event.if_match:
+        return b""
+    return orjson.dumps([event.request_id, event.status, event.client_id, event.if_match])
 
 
 def _write_member(event: Event) -> bytes:
@@ -504,6 +528,7 @@ class Store:
                                 repr(event.ts).encode(),
                                 b"1" if event.is_failure else b"0",
                                 _write_member(event) if event.is_write else b"",
+                                _conflict_member(event),
                                 _record(event),
                             )
                         )
@@ -626,9 +651,9 @@ class Store:
         return claimed
 
     async def load_contexts(
-        self, failures: Sequence[PendingFailure], *, window: float, recent_limit: int = 200
+        self, failures: Sequence[PendingFailure], *, window: float, conflict_limit: int = 200
     ) -> list[FailureContext]:
-        """Each failure's record, lineage and the events in the window before it."""
+        """Each failure's record, lineage and the 412/409s in the window before it."""
         if not failures:
             return []
 
@@ -637,23 +662,22 @@ class Store:
                 key = resource_prefix(failure.service, failure.resource_id) + "e"
                 pipe.evalsha(
                     shas["snapshot"], 1, key, failure.request_id, repr(failure.ts), window,
-                    recent_limit,
+                    conflict_limit,
                 )  # fmt: skip
 
         contexts = []
         for failure, reply in zip(failures, await self._pipeline(build), strict=True):
-            rec, writes_raw, ids, recent_raw, decided = reply
+            rec, writes_raw, prior_raw, decided = reply
             writes = []
             for member, score in zip(writes_raw[::2], writes_raw[1::2], strict=True):
                 request_id, etag, client = orjson.loads(member)
-                writes.append(Write(float(score), request_id, etag, client))
+                writes.append(LineageWrite(float(score), request_id, etag, client))
             writes.reverse()  # oldest first
-            recent = [
-                StoredEvent(rid.decode(), orjson.loads(raw))
-                for rid, raw in zip(ids, recent_raw, strict=True)
-                if raw
-            ]
-            contexts.append(FailureContext(failure, _decode(rec), writes, recent, bool(decided)))
+            prior = []
+            for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
+                request_id, status, client, if_match = orjson.loads(member)
+                prior.append(PriorFailure(float(score), request_id, status, client, if_match))
+            contexts.append(FailureContext(failure, _decode(rec), writes, prior, bool(decided)))
         return contexts
 
     def _index_buckets(self, now: float) -> list[int]:
@@ -669,17 +693,20 @@ class Store:
         """Newest value of each name in a bucketed index (`q` or `x`) of a service."""
         if not names:
             return {}
-        sp = service_prefix(service)
         buckets = self._index_buckets(time.time() if now is None else now)
-
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            for bucket in buckets:
-                pipe.hmget(f"{sp}{index}:{bucket}", names)
-
+        names = list(names)
         found: dict[str, str] = {}
-        for values in await self._pipeline(build):  # newest bucket first
-            for name, value in zip(names, values, strict=True):
-                if value is not None and name not in found:
+        # Chunks keep each HMGET within what Lua's unpack() takes.
+        for start in range(0, len(names), MAX_EVENTS_PER_KEY):
+            chunk = names[start : start + MAX_EVENTS_PER_KEY]
+            args = [index, buckets[0], buckets[-1], RS.join(chunk)]
+
+            def build(pipe: Any, shas: dict[str, str], args: list[Any] = args) -> None:
+                pipe.evalsha(shas["lookup"], 1, service_prefix(service) + "p", *args)
+
+            (values,) = await self._pipeline(build)
+            for name, value in zip(chunk, values, strict=True):
+                if value:
                     found[name] = value.decode()
         return found
 

@@ -153,8 +153,8 @@ async def test_timeline_and_lineage_are_capped() -> None:
     await store.close()
 
 
-async def test_context_has_lineage_and_recent_events(store: Store) -> None:
-    """A failure's context holds the writes and the events in the window before it."""
+async def test_context_has_lineage_and_prior_conflicts(store: Store) -> None:
+    """A failure's context holds the writes and the 412s in the window before it."""
     await store.ingest(
         [
             ev("w1", NOW - 50, 200, current_etag='"1"', client_id="alice"),
@@ -171,7 +171,7 @@ async def test_context_has_lineage_and_recent_events(store: Store) -> None:
         ("w1", '"1"', "alice"),
         ("w2", '"2"', "bob"),
     ]
-    assert {e.request_id for e in context.recent} == {"w1", "w2", "f0", "f1"}
+    assert {p.request_id for p in context.prior_conflicts} == {"f0", "f1"}
     assert await store.etag_owners("shop", ['"2"', '"nope"'], now=NOW) == {'"2"': "o1"}
     assert await store.find_request("shop", "f1", now=NOW) == "o1"
     assert await store.find_request("shop", "f1", now=NOW + store.retention + 900) is None
