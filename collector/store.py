@@ -1,9 +1,11 @@
 """Correlation state in Redis: ETag lineage, timelines, pending failures, dedupe and deploys.
 
 The only module that imports `redis`. Keys of one resource share the hash tag
-`{service:resource}` and keys of one service share `{service}`, so every script touches one
-cluster slot. Every key has a TTL of at most `retention_seconds`, refreshed when written; the
-sets inside are trimmed by age or size.
+`{service:resource}` and keys of one service share `{service}`, so each resource's (or
+service's) updates are atomic within one slot. The ingest script takes the resources of a whole
+batch in one call, which a standalone Redis (or one primary) accepts; on Redis Cluster the same
+script would have to be called once per slot, which this store does not do yet. Every key has a
+TTL of at most `retention_seconds`, refreshed when written; the sets inside are capped.
 
 Per resource, `pw:r:{s:r}:` + `e` hash request_id -> event record (JSON),
                                      `c:<request_id>` -> decision (JSON), set once
