@@ -53,9 +53,12 @@ class EventError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One conditional request, in canonical fields. `ts` is epoch seconds of event time."""
+    """One conditional request, in canonical fields. `ts` is epoch seconds of event time.
+
+    Treated as immutable; not frozen because a frozen __init__ costs 1.6 us more per event.
+    """
 
     ts: float
     service: str
@@ -212,10 +215,78 @@ def _preview(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# Text fields in Event order after the four the constructor takes first.
+_TEXT_FIELDS = (
+    "route",
+    "method",
+    "if_match",
+    "if_none_match",
+    "current_etag",
+    "client_id",
+    "deploy_version",
+    "reason",
+)
+_CANONICAL = frozenset(ALIASES)
+
+
+def _plain_text(obj: dict[str, Any], field: str) -> str | None:
+    """`_text` for an event whose names are all canonical: no alias can apply."""
+    value = obj.get(field)
+    if value is None:
+        return None
+    # isprintable() is False for every control character, so True skips the regex.
+    if type(value) is str and len(value) <= MAX_LENGTH[field] and value.isprintable():
+        return value
+    return _text(obj, field, allow_list=field in ("if_match", "if_none_match"))
+
+
+def _parse_canonical(obj: dict[str, Any], defaults: Defaults) -> Event:
+    """The common case, as most shippers send it: canonical names and plain values."""
+    status = obj.get("status")
+    if type(status) is not int or not 100 <= status <= 599:
+        status = _status(obj)
+    request_id = _plain_text(obj, "request_id")
+    if not request_id:
+        raise EventError("request_id", "missing")
+    service = _plain_text(obj, "service") or defaults.service
+    if not service:
+        raise EventError("service", "missing: set it in the event, ?service= or X-Service-Name")
+    ts = obj.get("ts")
+    if (
+        type(ts) is float
+        and 1e8 < ts <= defaults.received_at + defaults.max_clock_skew
+        and math.isfinite(ts)
+    ):
+        seconds = ts
+    else:
+        seconds = _ts(obj, defaults)
+    route, method, if_match, if_none_match, etag, client, version, reason = (
+        _plain_text(obj, name) for name in _TEXT_FIELDS
+    )
+    return Event(
+        seconds,
+        service,
+        status,
+        request_id,
+        _plain_text(obj, "resource_id") or "",
+        route,
+        method.upper() if method else None,
+        if_match,
+        if_none_match,
+        etag,
+        client,
+        version,
+        reason,
+    )
+
+
 def parse_event(obj: object, defaults: Defaults) -> Event:
     """Read one decoded JSON value into an Event, or raise EventError naming the field."""
     if not isinstance(obj, dict):
         raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+    # Only a namespace object (`{"service": {"name": ...}}`) needs the alias search.
+    if obj.keys() <= _CANONICAL and type(obj.get("service")) is not dict:
+        return _parse_canonical(obj, defaults)
     status = _status(obj)
     request_id = _text(obj, "request_id")
     if not request_id:

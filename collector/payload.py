@@ -30,7 +30,7 @@ class PayloadError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """One record of a batch: the decoded JSON value, or why it could not be decoded."""
 
@@ -71,13 +71,6 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     return bytes(out)
 
 
-def _decode_line(index: int, line: bytes) -> Record:
-    try:
-        return Record(index, orjson.loads(line))
-    except orjson.JSONDecodeError as exc:
-        return Record(index, error=f"event: not valid JSON ({exc})")
-
-
 def split_records(body: bytes, content_type: str | None) -> list[Record]:
     """NDJSON, a JSON array or one JSON object, into records indexed from 0.
 
@@ -108,8 +101,12 @@ def split_records(body: bytes, content_type: str | None) -> list[Record]:
         except orjson.JSONDecodeError:
             pass
     records = []
+    loads = orjson.loads
     for index, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped:
-            records.append(_decode_line(index, stripped))
+        if not line or line.isspace():
+            continue
+        try:
+            records.append(Record(index, loads(line)))  # orjson skips surrounding whitespace
+        except orjson.JSONDecodeError as exc:
+            records.append(Record(index, error=f"event: not valid JSON ({exc})"))
     return records

@@ -166,3 +166,38 @@ def test_unknown_fields_are_ignored() -> None:
     """Fields the contract does not name are dropped."""
     event = parse_event({**MINIMAL, "password": "hunter2", "body": "x" * 10_000}, DEFAULTS)
     assert "hunter2" not in repr(event)
+
+
+def test_canonical_fast_path_matches_alias_path() -> None:
+    """Canonical names take a shortcut; the same event under aliases parses to the same Event."""
+    canonical = {
+        "ts": NOW - 1.5,
+        "service": "orders",
+        "route": "/o/{id}",
+        "method": "put",
+        "status": 412,
+        "request_id": "r1",
+        "resource_id": "o1",
+        "if_match": ['"a"', '"b"'],
+        "current_etag": '"c"',
+        "client_id": 7,
+        "deploy_version": "v1",
+    }
+    aliased = {
+        "timestamp": NOW - 1.5,
+        "service": {"name": "orders", "version": "v1"},
+        "http.route": "/o/{id}",
+        "http": {"request": {"method": "put"}},
+        "statusCode": "412",
+        "requestId": "r1",
+        "resourceId": "o1",
+        "ifMatch": ['"a"', '"b"'],
+        "etag": '"c"',
+        "clientId": 7,
+    }
+    defaults = Defaults(None, NOW)
+    assert parse_event(canonical, defaults) == parse_event(aliased, defaults)
+    with pytest.raises(EventError, match="route: contains a control character"):
+        parse_event({**canonical, "route": "/o/\x01"}, defaults)
+    with pytest.raises(EventError, match=r"ts: .* in the future"):
+        parse_event({**canonical, "ts": NOW + 3600.5}, defaults)
