@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         default=2000, ge=10, description="Events kept per resource timeline"
     )
     lineage_max_writes: int = Field(
-        default=500, ge=10, description="Writes kept per resource ETag lineage"
+        default=100,
+        ge=10,
+        description="Newest writes before a failure searched for its If-Match ETag",
     )
     max_services: int = Field(
         default=200, ge=1, description="Distinct `service` label values before `__other__`"

@@ -155,7 +155,9 @@ class Settler:
             stored["settled_at"] = round(time.time(), 3)
             decisions.append((found.failure, stored))
             details.append((record, decision))
-        kept = await self.store.record_decisions(decisions)
+        kept = await self.store.record_decisions(
+            decisions, gone=[found.record is None for found in contexts]
+        )
         counted = 0
         per_minute: dict[tuple[int, str], int] = {}
         for (pending, _), (record, decision), is_first in zip(

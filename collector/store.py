@@ -7,13 +7,13 @@ batch in one call, which a standalone Redis (or one primary) accepts; on Redis C
 script would have to be called once per slot, which this store does not do yet. Every key has a
 TTL of at most `retention_seconds`, refreshed when written; the sets inside are capped.
 
-Per resource, `pw:r:{s:r}:` + `e` hash request_id -> event record (JSON),
-                                     `c:<request_id>` -> decision (JSON), set once
-                                 `t` zset request_id by event time (the timeline; an id
-                                     already in it is a duplicate)
-                                 `w` zset write [request_id, etag, client] by event time (lineage)
-                                 `f` zset 412/409 [request_id, status, client, if_match] by time
-Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id` by ts
+Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
+                                     is a duplicate; `c:<request_id>` -> decision (JSON), set once
+                                 `z` zset of every event by event time (the timeline), member
+                                     `w US request_id US etag US client` for a write,
+                                     `f US request_id US status US client US if_match` for a
+                                     412/409 with If-Match, `o US request_id` for the rest
+Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id US if_match`
                                  `i` zset claimed (in-flight) failure by lease expiry
                                  `m` zset `max` = newest event time, `seen` = last receive time
                                  `v` zset deploy version by first event time
@@ -36,11 +36,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from collector.classify import LineageWrite, PriorFailure
+from collector.etag import parse_precondition
 from collector.event import Event
 
 US = "\x1f"  # never inside a stored field: event.py rejects control characters
@@ -82,14 +84,14 @@ _RECORD_FIELDS = (
 )
 
 
-def _record(event: Event) -> bytes:
+def _record(event: Event) -> str:
     """What the timeline keeps of an event: the canonical fields that are set, no raw body."""
     record: dict[str, object] = {"ts": event.ts, "status": event.status}
     for name in _RECORD_FIELDS:
         value = getattr(event, name)
         if value is not None:
             record[name] = value
-    return orjson.dumps(record)
+    return orjson.dumps(record).decode()
 
 
 # Scripts get one declared key per resource (its `e`) or service (its `p`) and derive the
@@ -129,62 +131,56 @@ end
 _INGEST = (
     _LIB
     + """
--- KEYS: the `e` key of each resource. ARGV: now_ms, ttl, timeline_cap, writes_cap, housekeep,
--- per-key event counts (comma-separated), events blob; an event is
--- request_id US ts US is_failure US write_member US conflict_member US record.
+-- KEYS: the `e` key of each resource. ARGV: ttl, timeline_cap, housekeep, then one blob per key
+-- of its events (RS between events); an event is request_id US ts US is_failure US record US
+-- timeline member (the member holds US itself, so it comes last).
 -- Returns one code per event: 0 stored, 1 duplicate, 2 duplicate of an undecided failure.
-local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tcap, wcap, housekeep = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
-local counts = split(ARGV[6], ',')
-local events = split(ARGV[7], RS)
+local ttl, tcap, housekeep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local PATTERN = '^([^' .. US .. ']*)' .. US .. '([^' .. US .. ']*)' .. US .. '(.)' .. US
+  .. '([^' .. US .. ']*)' .. US .. '(.*)$'
+local ITEM = '[^' .. RS .. ']+'
 local out, n = {}, 0
 for r = 1, #KEYS do
   local e = KEYS[r]
-  local base = string.sub(e, 1, -2)
-  local t, w, cf = base .. 't', base .. 'w', base .. 'f'
-  local fields, ids = {}, {}
-  for j = 1, tonumber(counts[r]) do
-    local f = split(events[n + j], US)
-    fields[j], ids[j] = f, f[1]
+  local z = string.sub(e, 1, -2) .. 'z'
+  local ids, times, failures, records, members = {}, {}, {}, {}, {}
+  for item in string.gmatch(ARGV[3 + r], ITEM) do
+    local j = #ids + 1
+    ids[j], times[j], failures[j], records[j], members[j] = string.match(item, PATTERN)
   end
-  local seen = redis.call('ZMSCORE', t, unpack(ids))
-  local eargs, targs, wargs, cargs = {}, {}, {}, {}
-  for j, f in ipairs(fields) do
+  local seen = redis.call('HMGET', e, unpack(ids))
+  local eargs, zargs = {}, {}
+  for j = 1, #ids do
     if seen[j] then
-      if f[3] == '1' and redis.call('HEXISTS', e, 'c:' .. f[1]) == 0 then
+      if failures[j] == '1' and redis.call('HEXISTS', e, 'c:' .. ids[j]) == 0 then
         out[n + j] = 2
       else
         out[n + j] = 1
       end
     else
-      eargs[#eargs+1] = f[1]; eargs[#eargs+1] = f[6]
-      targs[#targs+1] = f[2]; targs[#targs+1] = f[1]
-      if f[4] ~= '' then wargs[#wargs+1] = f[2]; wargs[#wargs+1] = f[4] end
-      if f[5] ~= '' then cargs[#cargs+1] = f[2]; cargs[#cargs+1] = f[5] end
+      eargs[#eargs+1] = ids[j]; eargs[#eargs+1] = records[j]
+      zargs[#zargs+1] = times[j]; zargs[#zargs+1] = members[j]
       out[n + j] = 0
     end
   end
-  n = n + #fields
-  if #targs > 0 then
+  n = n + #ids
+  if #eargs > 0 then
     call_many('HSET', e, nil, eargs)
-    call_many('ZADD', t, nil, targs)
-    if #wargs > 0 then call_many('ZADD', w, nil, wargs) end
-    if #cargs > 0 then call_many('ZADD', cf, nil, cargs) end
+    call_many('ZADD', z, nil, zargs)
     redis.call('EXPIRE', e, ttl)
-    redis.call('EXPIRE', t, ttl)
-    redis.call('EXPIRE', w, ttl)
-    redis.call('EXPIRE', cf, ttl)
+    redis.call('EXPIRE', z, ttl)
   end
   if housekeep then
-    redis.call('ZREMRANGEBYRANK', w, 0, -(wcap + 1))
-    redis.call('ZREMRANGEBYRANK', cf, 0, -(tcap + 1))
-    local extra = redis.call('ZCARD', t) - tcap
+    local extra = redis.call('ZCARD', z) - tcap
     while extra > 0 do
       local chunk = math.min(extra, 1000)
-      local old = redis.call('ZRANGE', t, 0, chunk - 1)
-      redis.call('ZREMRANGEBYRANK', t, 0, chunk - 1)
+      local old = redis.call('ZRANGE', z, 0, chunk - 1)
+      redis.call('ZREMRANGEBYRANK', z, 0, chunk - 1)
       local gone = {}
-      for _, rid in ipairs(old) do gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid end
+      for _, member in ipairs(old) do
+        local rid = string.match(member, '^.' .. US .. '([^' .. US .. ']*)')
+        gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid
+      end
       redis.call('HDEL', e, unpack(gone))
       extra = extra - chunk
     end
@@ -279,21 +275,87 @@ if #out > 0 then redis.call('EXPIRE', i, tonumber(ARGV[7])) end
 return out
 """
 
-_SNAPSHOT = """
--- KEYS: the resource's `e`. ARGV: request_id, ts, window_s, limit.
--- The failure's record and decision, the lineage, and the conflicts in the window before it.
-local e = KEYS[1]
-local base = string.sub(e, 1, -2)
-local rec = redis.call('HGET', e, ARGV[1])
-local decided = redis.call('HEXISTS', e, 'c:' .. ARGV[1])
--- the newest 100 writes up to the failure: enough lineage to find If-Match on a hot resource
-local writes = redis.call(
-  'ZREVRANGEBYSCORE', base .. 'w', ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 100)
-local since = tonumber(ARGV[2]) - tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-local prior = redis.call(
-  'ZREVRANGEBYSCORE', base .. 'f', ARGV[2], since, 'WITHSCORES', 'LIMIT', 0, limit)
-return {rec or '', writes, prior, decided}
+_SNAPSHOT = (
+    _LIB
+    + """
+-- KEYS: the `e` key of each failure's resource. ARGV: window_s, writes_limit, conflict_limit,
+-- then per failure request_id, ts and its If-Match needles: '' (no tag: nothing to look up),
+-- 'a' (every write) or 'n' followed by opaque tags (RS before each).
+-- Per failure: {record or '', decided (0/1), writes, conflicts}. Among the newest
+-- `writes_limit` writes up to the failure, `writes` keeps those containing a needle and the
+-- write just after each (member, score pairs, newest first): all the classifier reads of the
+-- lineage. `conflicts` are the 412/409s with If-Match in the window before it.
+local window, wlimit, climit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local CHUNK = 200
+local out = {}
+for k = 1, #KEYS do
+  local e = KEYS[k]
+  local z = string.sub(e, 1, -2) .. 'z'
+  local rid, ts, needles = ARGV[3 * k + 1], ARGV[3 * k + 2], ARGV[3 * k + 3]
+  local values = redis.call('HMGET', e, rid, 'c:' .. rid)
+  local mode = string.sub(needles, 1, 1)
+  local wanted = {}
+  if mode == 'n' then wanted = split(string.sub(needles, 3), RS) end
+  local writes, conflicts = {}, {}
+  local since = tonumber(ts) - window
+  local writes_done, conflicts_done = mode == '', mode == ''
+  local seen_writes, held, offset = 0, nil, 0
+  while not (writes_done and conflicts_done) do
+    local chunk = redis.call(
+      'ZREVRANGEBYSCORE', z, ts, '-inf', 'WITHSCORES', 'LIMIT', offset, CHUNK)
+    for i = 1, #chunk, 2 do
+      local member, score = chunk[i], chunk[i + 1]
+      local kind = string.sub(member, 1, 1)
+      if not conflicts_done then
+        if tonumber(score) < since or #conflicts >= 2 * climit then
+          conflicts_done = true
+        elseif kind == 'f' then
+          conflicts[#conflicts+1] = member; conflicts[#conflicts+1] = score
+        end
+      end
+      if kind == 'w' and not writes_done then
+        local match = mode == 'a'
+        for _, needle in ipairs(wanted) do
+          if string.find(member, needle, 3, true) then match = true; break end
+        end
+        if match then
+          -- the newer neighbour superseded this ETag: the classifier needs it too
+          if held then writes[#writes+1] = held[1]; writes[#writes+1] = held[2] end
+          writes[#writes+1] = member; writes[#writes+1] = score
+          held = nil
+        else
+          held = {member, score}
+        end
+        seen_writes = seen_writes + 1
+        writes_done = seen_writes >= wlimit
+      end
+    end
+    if #chunk < 2 * CHUNK then break end
+    offset = offset + CHUNK
+  end
+  out[k] = {values[1] or '', values[2] and 1 or 0, writes, conflicts}
+end
+return out
+"""
+)
+
+_DECIDE = """
+-- KEYS: the service's `i` key, then the `e` key of each failure. ARGV: ttl, then per failure
+-- request_id, decision, pending member, and '1' where the resource's record was gone (its key
+-- may be too: give it back a TTL). Sets each decision unless one exists and ends the lease.
+-- Returns 1 where this call set the decision.
+local ttl = tonumber(ARGV[1])
+local out, done = {}, {}
+for k = 2, #KEYS do
+  local j = 4 * (k - 2) + 1
+  out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
+  if ARGV[j + 4] == '1' then redis.call('EXPIRE', KEYS[k], ttl) end
+  done[#done+1] = ARGV[j + 3]
+end
+for i = 1, #done, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(done, i, math.min(i + 999, #done)))
+end
+return out
 """
 
 _LOOKUP = (
@@ -329,22 +391,24 @@ _SCRIPTS = {
     "service": _SERVICE,
     "claim": _CLAIM,
     "snapshot": _SNAPSHOT,
+    "decide": _DECIDE,
     "lookup": _LOOKUP,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class PendingFailure:
-    """A failure waiting to be (or being) settled."""
+    """A failure waiting to be (or being) settled; `if_match` says what its lineage must hold."""
 
     service: str
     resource_id: str
     request_id: str
     ts: float
+    if_match: str = ""
 
     @property
     def member(self) -> str:
-        return f"{self.ts!r}{US}{self.resource_id}{US}{self.request_id}"
+        return f"{self.ts!r}{US}{self.resource_id}{US}{self.request_id}{US}{self.if_match}"
 
 
 @dataclass(slots=True)
@@ -371,7 +435,7 @@ class _ServicePlan:
 
     prefix: str
     newest: float = 0.0
-    pending: list[tuple[str, str, str]] = field(default_factory=list)
+    pending: list[tuple[str, str, str, str]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     versions: dict[str, float] = field(default_factory=dict)
     etags: dict[str, str] = field(default_factory=dict)
@@ -385,19 +449,41 @@ def _blob(items: Iterable[Sequence[str]]) -> str:
     return RS.join(US.join(item) for item in items)
 
 
-def _conflict_member(event: Event) -> bytes:
-    """A 412/409 with If-Match, as blind-retry detection needs it (no JSON record to read)."""
-    if event.status not in (409, 412) or not event.if_match:
-        return b""
-    return orjson.dumps([event.request_id, event.status, event.client_id, event.if_match])
+def _timeline_member(event: Event) -> str:
+    """The event as its resource's timeline keeps it: what settling reads without JSON."""
+    if event.is_write:
+        return f"w{US}{event.request_id}{US}{event.current_etag}{US}{event.client_id or ''}"
+    if event.status in (409, 412) and event.if_match:
+        return (
+            f"f{US}{event.request_id}{US}{event.status}{US}{event.client_id or ''}"
+            f"{US}{event.if_match}"
+        )
+    return f"o{US}{event.request_id}"
 
 
-def _write_member(event: Event) -> bytes:
-    return orjson.dumps([event.request_id, event.current_etag, event.client_id])
+def _needles(if_match: str) -> str:
+    """What the snapshot script looks for in the lineage: the opaque part of each tag."""
+    tags = parse_precondition(if_match).tags if if_match else ()
+    if not tags:
+        return ""
+    if any(not tag.opaque for tag in tags):
+        return "a"  # an empty opaque is in every ETag
+    return "n" + "".join(RS + tag.opaque for tag in tags)
 
 
 def _decode(value: bytes | None) -> dict[str, Any] | None:
     return orjson.loads(value) if value else None
+
+
+class _PackInC:
+    """Connection mixin: RESP-encode commands with hiredis instead of redis-py's Python loop,
+    which copies its growing buffer once per argument (a batch script has hundreds)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0].encode() if isinstance(args[0], str) else args[0]
+        if b" " in name:  # "SCRIPT LOAD": the server wants the words as separate arguments
+            args = (*name.split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
 
 class Store:
@@ -409,7 +495,7 @@ class Store:
         *,
         retention_seconds: int,
         timeline_max_events: int = 2000,
-        lineage_max_writes: int = 500,
+        lineage_max_writes: int = 100,
         embedded: bool = False,
         observer: Callable[[str, float, bool], None] | None = None,
     ) -> None:
@@ -434,6 +520,13 @@ class Store:
             return cls(fakeredis.FakeAsyncRedis(), embedded=True, **options)
         client = aioredis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        pool = client.connection_pool
+        # The URL picked TCP, TLS or a Unix socket; keep that class, pack commands in C.
+        pool.connection_class = type(
+            "Packed" + pool.connection_class.__name__,
+            (_PackInC, pool.connection_class),
+            {},
         )
         return cls(client, **options)
 
@@ -506,41 +599,31 @@ class Store:
         if not events:
             return IngestResult([])
         now = time.time() if now is None else now
-        now_ms = int(now * 1000)
         by_resource: dict[tuple[str, str], list[int]] = {}
         for index, event in enumerate(events):
             by_resource.setdefault((event.service, event.resource_id), []).append(index)
 
         keys: list[str] = []
-        counts: list[str] = []
-        blob: list[bytes] = []
+        blobs: list[str] = []
         order: list[int] = []
         for (service, resource), indexes in by_resource.items():
             key = resource_prefix(service, resource) + "e"
             for start in range(0, len(indexes), MAX_EVENTS_PER_KEY):
                 chunk = indexes[start : start + MAX_EVENTS_PER_KEY]
                 keys.append(key)
-                counts.append(str(len(chunk)))
+                items = []
                 for index in chunk:
                     event = events[index]
-                    blob.append(
-                        b"\x1f".join(
-                            (
-                                event.request_id.encode(),
-                                repr(event.ts).encode(),
-                                b"1" if event.is_failure else b"0",
-                                _write_member(event) if event.is_write else b"",
-                                _conflict_member(event),
-                                _record(event),
-                            )
-                        )
+                    items.append(
+                        f"{event.request_id}{US}{event.ts!r}{US}{'1' if event.is_failure else '0'}"
+                        f"{US}{_record(event)}{US}{_timeline_member(event)}"
                     )
                     order.append(index)
+                blobs.append(RS.join(items))
         self._batches += 1
-        # Trimming by age and size is cheap but not free: every 8th batch is enough.
+        # Trimming by size is cheap but not free: every 8th batch is enough.
         housekeep = "1" if self._batches % 8 == 1 else "0"
-        args = [now_ms, self.retention, self.timeline_cap, self.writes_cap, housekeep]
-        args += [",".join(counts), b"\x1e".join(blob)]
+        args = [self.retention, self.timeline_cap, housekeep, *blobs]
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
             pipe.evalsha(shas["ingest"], len(keys), *keys, *args)
@@ -572,7 +655,9 @@ class Store:
                 plan = plans[event.service] = _ServicePlan(service_prefix(event.service))
             plan.newest = max(plan.newest, event.ts)
             if event.is_failure:
-                plan.pending.append((repr(event.ts), event.resource_id, event.request_id))
+                plan.pending.append(
+                    (repr(event.ts), event.resource_id, event.request_id, event.if_match or "")
+                )
             if not is_new:
                 continue
             minute = int(event.ts // 60)
@@ -648,37 +733,38 @@ class Store:
         (members,) = await self._pipeline(build)
         claimed = []
         for raw in members:
-            ts, resource, request_id = raw.decode().split(US)
-            claimed.append(PendingFailure(service, resource, request_id, float(ts)))
+            ts, resource, request_id, if_match = raw.decode().split(US)
+            claimed.append(PendingFailure(service, resource, request_id, float(ts), if_match))
         return claimed
 
     async def load_contexts(
         self, failures: Sequence[PendingFailure], *, window: float, conflict_limit: int = 200
     ) -> list[FailureContext]:
-        """Each failure's record, lineage and the 412/409s in the window before it."""
+        """Each failure's record, the lineage its If-Match needs, and the 412/409s in the
+        window before it: one script call for the whole batch."""
         if not failures:
             return []
+        keys = [resource_prefix(f.service, f.resource_id) + "e" for f in failures]
+        args: list[Any] = [window, self.writes_cap, conflict_limit]
+        for failure in failures:
+            args += [failure.request_id, repr(failure.ts), _needles(failure.if_match)]
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
-            for failure in failures:
-                key = resource_prefix(failure.service, failure.resource_id) + "e"
-                pipe.evalsha(
-                    shas["snapshot"], 1, key, failure.request_id, repr(failure.ts), window,
-                    conflict_limit,
-                )  # fmt: skip
+            pipe.evalsha(shas["snapshot"], len(keys), *keys, *args)
 
+        (replies,) = await self._pipeline(build)
         contexts = []
-        for failure, reply in zip(failures, await self._pipeline(build), strict=True):
-            rec, writes_raw, prior_raw, decided = reply
+        for failure, (rec, decided, writes_raw, prior_raw) in zip(failures, replies, strict=True):
             writes = []
-            for member, score in zip(writes_raw[::2], writes_raw[1::2], strict=True):
-                request_id, etag, client = orjson.loads(member)
-                writes.append(LineageWrite(float(score), request_id, etag, client))
-            writes.reverse()  # oldest first
+            for member, score in zip(writes_raw[-2::-2], writes_raw[::-2], strict=True):
+                _, request_id, etag, client = member.decode().split(US)
+                writes.append(LineageWrite(float(score), request_id, etag, client or None))
             prior = []
             for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
-                request_id, status, client, if_match = orjson.loads(member)
-                prior.append(PriorFailure(float(score), request_id, status, client, if_match))
+                _, request_id, status, client, if_match = member.decode().split(US, 4)
+                prior.append(
+                    PriorFailure(float(score), request_id, int(status), client or None, if_match)
+                )
             contexts.append(FailureContext(failure, _decode(rec), writes, prior, bool(decided)))
         return contexts
 
@@ -725,21 +811,41 @@ class Store:
         return (await self._lookup_index(service, "q", [request_id], now)).get(request_id)
 
     async def record_decisions(
-        self, decisions: Sequence[tuple[PendingFailure, dict[str, Any]]]
+        self,
+        decisions: Sequence[tuple[PendingFailure, dict[str, Any]]],
+        *,
+        gone: Sequence[bool] = (),
     ) -> list[bool]:
-        """Store each decision unless one exists; True where this call made it (count it)."""
+        """Store each decision unless one exists; True where this call made it (count it).
+
+        `gone` marks failures whose record was no longer stored: their resource's key may have
+        expired, and the decision must not bring it back without a TTL.
+        """
         if not decisions:
             return []
+        by_service: dict[str, list[int]] = {}
+        for index, (failure, _) in enumerate(decisions):
+            by_service.setdefault(failure.service, []).append(index)
+        calls = []
+        for service, indexes in by_service.items():
+            keys = [service_prefix(service) + "i"]
+            args: list[Any] = [self.retention]
+            for index in indexes:
+                failure, decision = decisions[index]
+                keys.append(resource_prefix(service, failure.resource_id) + "e")
+                args += [failure.request_id, orjson.dumps(decision), failure.member]
+                args.append("1" if index < len(gone) and gone[index] else "0")
+            calls.append((keys, args))
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            for failure, decision in decisions:
-                key = resource_prefix(failure.service, failure.resource_id) + "e"
-                pipe.hsetnx(key, "c:" + failure.request_id, orjson.dumps(decision))
-            for failure, _decision in decisions:
-                pipe.zrem(service_prefix(failure.service) + "i", failure.member)
+        def build(pipe: Any, shas: dict[str, str]) -> None:
+            for keys, args in calls:
+                pipe.evalsha(shas["decide"], len(keys), *keys, *args)
 
-        replies = await self._pipeline(build)
-        return [bool(r) for r in replies[: len(decisions)]]
+        kept = [False] * len(decisions)
+        for indexes, flags in zip(by_service.values(), await self._pipeline(build), strict=True):
+            for index, flag in zip(indexes, flags, strict=True):
+                kept[index] = bool(flag)
+        return kept
 
     async def count_failures(self, service: str, counts: dict[tuple[int, str], int]) -> None:
         """Add decided failures to the per-minute counts, {(minute, cause): n}."""
@@ -853,7 +959,8 @@ class Store:
     ) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
         """The newest `limit` events of a resource in event-time order, with decisions."""
         prefix = resource_prefix(service, resource_id)
-        ids = [rid.decode() for rid in await self._call("ZREVRANGE", prefix + "t", 0, limit - 1)]
+        members = await self._call("ZREVRANGE", prefix + "z", 0, limit - 1)
+        ids = [member.decode().split(US, 2)[1] for member in members]
         if not ids:
             return []
         ids.reverse()

@@ -14,7 +14,6 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from collector.store import Store
@@ -127,7 +126,7 @@ def make_store(kind: str, url: str | None = None, **options: object) -> Store:
     if kind == "fake":
         return Store(fakeredis.FakeAsyncRedis(), embedded=True, **params)  # type: ignore[arg-type]
     assert url is not None
-    return Store(aioredis.Redis.from_url(url), **params)  # type: ignore[arg-type]
+    return Store.from_url(url, **params)
 
 
 @pytest.fixture(params=["fake", "real"])

@@ -149,8 +149,24 @@ async def test_timeline_and_lineage_are_capped() -> None:
     await store.ingest(events, NOW)
     timeline = await store.timeline("shop", "o1", limit=100)
     assert [rid for rid, _, _ in timeline] == [f"w{i}" for i in range(20, 30)]
-    assert await store.client.zcard(resource_prefix("shop", "o1") + "w") == 10
+    assert await store.client.hlen(resource_prefix("shop", "o1") + "e") == 10
     await store.close()
+
+
+async def test_snapshot_keeps_only_the_lineage_the_if_match_needs(store: Store) -> None:
+    """Of the newest writes up to the failure, only the If-Match's and their successors come
+    back; a tag older than the newest `lineage_max_writes` writes is not looked for."""
+    writes = [ev(f"w{i}", NOW - 300 + i, 200, current_etag=f'"t{i:03d}"') for i in range(150)]
+    await store.ingest(writes, NOW)
+    fresh = PendingFailure("shop", "o1", "f1", NOW - 100, if_match='"t140", "t120"')
+    old = PendingFailure("shop", "o1", "f2", NOW - 100, if_match='"t020"')
+    weird = PendingFailure("shop", "o1", "f3", NOW - 100, if_match="*")
+    contexts = await store.load_contexts([fresh, old, weird], window=300)
+    assert [w.request_id for w in contexts[0].writes] == ["w120", "w121", "w140", "w141"]
+    assert [w.etag for w in contexts[0].writes][:2] == ['"t120"', '"t121"']
+    assert contexts[1].writes == []  # 130 writes back: past the newest 100
+    assert contexts[2].writes == [] and contexts[2].prior_conflicts == []
+    assert [c.record for c in contexts] == [None, None, None]
 
 
 async def test_context_has_lineage_and_prior_conflicts(store: Store) -> None:
@@ -164,7 +180,7 @@ async def test_context_has_lineage_and_prior_conflicts(store: Store) -> None:
         ],
         NOW,
     )
-    failure = PendingFailure("shop", "o1", "f1", NOW - 30)
+    failure = PendingFailure("shop", "o1", "f1", NOW - 30, if_match='"1"')
     (context,) = await store.load_contexts([failure], window=300)
     assert context.record is not None and context.record["if_match"] == '"1"'
     assert [(w.request_id, w.etag, w.client_id) for w in context.writes] == [
