@@ -226,11 +226,18 @@ _TEXT_FIELDS = (
     "deploy_version",
     "reason",
 )
-_CANONICAL = frozenset(ALIASES)
+# Names that only an alias lookup can read: the other aliases, and the first part of the
+# dotted ones (their nested form). An event with none of them needs no alias search.
+_ALIAS_KEYS = frozenset(
+    part
+    for names in ALIASES.values()
+    for name in names[1:]
+    for part in (name, name.split(".", 1)[0])
+) - {"service"}
 
 
 def _plain_text(obj: dict[str, Any], field: str) -> str | None:
-    """`_text` for an event whose names are all canonical: no alias can apply."""
+    """`_text` for an event without alias names: only the canonical name can apply."""
     value = obj.get(field)
     if value is None:
         return None
@@ -241,7 +248,8 @@ def _plain_text(obj: dict[str, Any], field: str) -> str | None:
 
 
 def _parse_canonical(obj: dict[str, Any], defaults: Defaults) -> Event:
-    """The common case, as most shippers send it: canonical names and plain values."""
+    """The common case, as most shippers send it: canonical names (plus fields the collector
+    does not read) and plain values."""
     status = obj.get("status")
     if type(status) is not int or not 100 <= status <= 599:
         status = _status(obj)
@@ -284,8 +292,8 @@ def parse_event(obj: object, defaults: Defaults) -> Event:
     """Read one decoded JSON value into an Event, or raise EventError naming the field."""
     if not isinstance(obj, dict):
         raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
-    # Only a namespace object (`{"service": {"name": ...}}`) needs the alias search.
-    if obj.keys() <= _CANONICAL and type(obj.get("service")) is not dict:
+    # `service` is both a name and a namespace (`{"service": {"name": ...}}`).
+    if obj.keys().isdisjoint(_ALIAS_KEYS) and type(obj.get("service")) is not dict:
         return _parse_canonical(obj, defaults)
     status = _status(obj)
     request_id = _text(obj, "request_id")

@@ -5,15 +5,19 @@ The only module that imports `redis`. Keys of one resource share the hash tag
 service's) updates are atomic within one slot. The ingest script takes the resources of a whole
 batch in one call, which a standalone Redis (or one primary) accepts; on Redis Cluster the same
 script would have to be called once per slot, which this store does not do yet. Every key has a
-TTL of at most `retention_seconds`, refreshed when written; the sets inside are capped.
+TTL of at most `retention_seconds`, refreshed when written (a resource's keys at most once per
+hundredth of the retention, so they live 99-100% of it after their last write); the sets
+inside are capped.
 
 Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
-                                     is a duplicate; `c:<request_id>` -> decision (JSON), set once
+                                     is a duplicate; `c:<request_id>` -> decision (JSON), set once;
+                                     `US ttl` -> when the TTLs were last refreshed
                                  `z` zset of every event by event time (the timeline), member
                                      `w US request_id US etag US client` for a write,
                                      `f US request_id US status US client US if_match` for a
                                      412/409 with If-Match, `o US request_id` for the rest
-Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id US if_match`
+Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id US if_match US
+                                     client` by ts
                                  `i` zset claimed (in-flight) failure by lease expiry
                                  `m` zset `max` = newest event time, `seen` = last receive time
                                  `v` zset deploy version by first event time
@@ -102,17 +106,23 @@ def _record(event: Event) -> str:
 _LIB = """
 local RS, US = string.char(30), string.char(31)
 local function split(s, sep)
-  local out, start = {}, 1
+  -- gmatch walks the string in C; a find/sub loop in Lua costs several times more
+  local out = {}
   if s == nil or s == '' then return out end
-  while true do
-    local i = string.find(s, sep, start, true)
-    if not i then
-      out[#out+1] = string.sub(s, start)
-      return out
-    end
-    out[#out+1] = string.sub(s, start, i - 1)
-    start = i + 1
+  for item in string.gmatch(s .. sep, '([^' .. sep .. ']*)' .. sep) do out[#out+1] = item end
+  return out
+end
+local function fields(blob, count)
+  -- items of `count` US-separated fields, RS between items, as one flat list
+  local out = {}
+  if blob == nil or blob == '' then return out end
+  local pattern = string.rep('([^' .. US .. RS .. ']*)' .. US, count - 1)
+    .. '([^' .. RS .. ']*)' .. RS
+  for a, b, c in string.gmatch(blob .. RS, pattern) do
+    out[#out+1] = a; out[#out+1] = b
+    if c then out[#out+1] = c end
   end
+  return out
 end
 local function call_many(cmd, key, opt, args)
   -- one command with many arguments, in chunks unpack() can take
@@ -131,11 +141,14 @@ end
 _INGEST = (
     _LIB
     + """
--- KEYS: the `e` key of each resource. ARGV: ttl, timeline_cap, housekeep, then one blob per key
--- of its events (RS between events); an event is request_id US ts US is_failure US record US
--- timeline member (the member holds US itself, so it comes last).
+-- KEYS: the `e` key of each resource. ARGV: ttl, timeline_cap, housekeep, TTL stamp, then one
+-- blob per key of its events (RS between events); an event is request_id US ts US is_failure
+-- US record US timeline member (the member holds US itself, so it comes last).
 -- Returns one code per event: 0 stored, 1 duplicate, 2 duplicate of an undecided failure.
-local ttl, tcap, housekeep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+-- EXPIRE is the dearest call here: a resource's two keys get their TTL back only when the
+-- stamp kept in `e` differs from the caller's, which changes every hundredth of the retention.
+local ttl, tcap, housekeep, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local STAMP = US .. 'ttl'
 local PATTERN = '^([^' .. US .. ']*)' .. US .. '([^' .. US .. ']*)' .. US .. '(.)' .. US
   .. '([^' .. US .. ']*)' .. US .. '(.*)$'
 local ITEM = '[^' .. RS .. ']+'
@@ -144,14 +157,15 @@ for r = 1, #KEYS do
   local e = KEYS[r]
   local z = string.sub(e, 1, -2) .. 'z'
   local ids, times, failures, records, members = {}, {}, {}, {}, {}
-  for item in string.gmatch(ARGV[3 + r], ITEM) do
+  for item in string.gmatch(ARGV[4 + r], ITEM) do
     local j = #ids + 1
     ids[j], times[j], failures[j], records[j], members[j] = string.match(item, PATTERN)
   end
-  local seen = redis.call('HMGET', e, unpack(ids))
+  local seen = redis.call('HMGET', e, STAMP, unpack(ids))
+  local refresh = seen[1] ~= stamp
   local eargs, zargs = {}, {}
   for j = 1, #ids do
-    if seen[j] then
+    if seen[j + 1] then
       if failures[j] == '1' and redis.call('HEXISTS', e, 'c:' .. ids[j]) == 0 then
         out[n + j] = 2
       else
@@ -165,10 +179,13 @@ for r = 1, #KEYS do
   end
   n = n + #ids
   if #eargs > 0 then
+    if refresh then eargs[#eargs+1] = STAMP; eargs[#eargs+1] = stamp end
     call_many('HSET', e, nil, eargs)
     call_many('ZADD', z, nil, zargs)
-    redis.call('EXPIRE', e, ttl)
-    redis.call('EXPIRE', z, ttl)
+    if refresh then
+      redis.call('EXPIRE', e, ttl)
+      redis.call('EXPIRE', z, ttl)
+    end
   end
   if housekeep then
     local extra = redis.call('ZCARD', z) - tcap
@@ -199,39 +216,49 @@ _SERVICE = (
 -- conflicts (minute, resource, count), requests (minute, count).
 local base = string.sub(KEYS[1], 1, -2)
 local p, m, v, f = KEYS[1], base .. 'm', base .. 'v', base .. 'f'
-local ttl, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
-local function pairs_of(blob, joined)
-  local args = {}
-  for _, item in ipairs(split(blob, RS)) do
-    local x = split(item, US)
-    args[#args+1] = x[1]
-    if joined then args[#args+1] = x[2] .. US .. x[3] else args[#args+1] = x[2] end
-  end
-  return args
-end
+local ttl, bucket_ttl = ARGV[2], ARGV[5]
 local q, x = base .. 'q:' .. ARGV[4], base .. 'x:' .. ARGV[4]
-local qargs, xargs = pairs_of(ARGV[6]), pairs_of(ARGV[7])
+local qargs, xargs = fields(ARGV[6], 2), fields(ARGV[7], 2)
 if #qargs > 0 then call_many('HSET', q, nil, qargs); redis.call('EXPIRE', q, bucket_ttl) end
 if #xargs > 0 then call_many('HSET', x, nil, xargs); redis.call('EXPIRE', x, bucket_ttl) end
 local pargs = {}
-for _, item in ipairs(split(ARGV[8], RS)) do
-  pargs[#pargs+1] = string.sub(item, 1, string.find(item, US, 1, true) - 1)
+for item in string.gmatch(ARGV[8], '[^' .. RS .. ']+') do
+  pargs[#pargs+1] = string.match(item, '^[^' .. US .. ']*')
   pargs[#pargs+1] = item
 end
 if #pargs > 0 then call_many('ZADD', p, 'NX', pargs) end
-local vargs, fargs = pairs_of(ARGV[9]), pairs_of(ARGV[10], true)
+local vargs, fraw = fields(ARGV[9], 2), fields(ARGV[10], 3)
+local fargs = {}
+for i = 1, #fraw, 3 do fargs[#fargs+1] = fraw[i]; fargs[#fargs+1] = fraw[i+1] .. US .. fraw[i+2] end
 if #vargs > 0 then call_many('ZADD', v, 'LT', vargs); redis.call('EXPIRE', v, ttl) end
 if #fargs > 0 then call_many('ZADD', f, 'LT', fargs); redis.call('EXPIRE', f, ttl) end
-for _, item in ipairs(split(ARGV[11], RS)) do
-  local x = split(item, US)
-  local h = base .. 'h:' .. x[1]
-  redis.call('ZINCRBY', h, x[3], x[2])
+-- conflicts per minute: one read and one write of each minute's hot set, not one per resource
+local hot, minutes = {}, {}
+local craw = fields(ARGV[11], 3)
+for i = 1, #craw, 3 do
+  local minute = craw[i]
+  if not hot[minute] then hot[minute] = {{}, {}}; minutes[#minutes+1] = minute end
+  local group = hot[minute]
+  group[1][#group[1]+1] = craw[i+1]; group[2][#group[2]+1] = tonumber(craw[i+2])
+end
+for _, minute in ipairs(minutes) do
+  local h, names, counts = base .. 'h:' .. minute, hot[minute][1], hot[minute][2]
+  for start = 1, #names, 1000 do
+    local stop = math.min(start + 999, #names)
+    local old = redis.call('ZMSCORE', h, unpack(names, start, stop))
+    local zargs = {}
+    for i = start, stop do
+      zargs[#zargs+1] = tostring((tonumber(old[i - start + 1]) or 0) + counts[i])
+      zargs[#zargs+1] = names[i]
+    end
+    redis.call('ZADD', h, unpack(zargs))
+  end
   redis.call('EXPIRE', h, ttl)
 end
-for _, item in ipairs(split(ARGV[12], RS)) do
-  local x = split(item, US)
-  local n = base .. 'n:' .. x[1]
-  redis.call('HINCRBY', n, 'req', x[2])
+local nraw = fields(ARGV[12], 2)
+for i = 1, #nraw, 2 do
+  local n = base .. 'n:' .. nraw[i]
+  redis.call('HINCRBY', n, 'req', nraw[i+1])
   redis.call('EXPIRE', n, ttl)
 end
 if ARGV[3] ~= '' then
@@ -260,16 +287,17 @@ if newest then
   local seen = tonumber(redis.call('ZSCORE', m, 'seen') or '0')
   if ARGV[6] == '1' or now - seen >= tonumber(ARGV[3]) * 1000 then bound = '+inf' end
   local due = redis.call('ZRANGEBYSCORE', p, '-inf', bound, 'LIMIT', 0, limit)
-  for _, member in ipairs(due) do
-    redis.call('ZREM', p, member)
-    redis.call('ZADD', i, lease_until, member)
-    out[#out+1] = member
-  end
+  for _, member in ipairs(due) do out[#out+1] = member end
 end
 local lost = redis.call('ZRANGEBYSCORE', i, '-inf', now, 'LIMIT', 0, limit)
-for _, member in ipairs(lost) do
-  redis.call('ZADD', i, lease_until, member)
-  out[#out+1] = member
+for _, member in ipairs(lost) do out[#out+1] = member end
+-- one ZREM and one ZADD for the lot (chunks keep unpack() within its limit)
+for start = 1, #out, 500 do
+  local stop = math.min(start + 499, #out)
+  local leases = {}
+  for j = start, stop do leases[#leases+1] = lease_until; leases[#leases+1] = out[j] end
+  redis.call('ZREM', p, unpack(out, start, stop))
+  redis.call('ZADD', i, unpack(leases))
 end
 if #out > 0 then redis.call('EXPIRE', i, tonumber(ARGV[7])) end
 return out
@@ -279,61 +307,83 @@ _SNAPSHOT = (
     _LIB
     + """
 -- KEYS: the `e` key of each failure's resource. ARGV: window_s, writes_limit, conflict_limit,
--- then per failure request_id, ts and its If-Match needles: '' (no tag: nothing to look up),
--- 'a' (every write) or 'n' followed by opaque tags (RS before each).
+-- then per failure request_id, ts, client and its If-Match needles: '' (no tag: nothing to
+-- look up), 'a' (every write) or 'n' followed by opaque tags (RS before each).
 -- Per failure: {record or '', decided (0/1), writes, conflicts}. Among the newest
 -- `writes_limit` writes up to the failure, `writes` keeps those containing a needle and the
 -- write just after each (member, score pairs, newest first): all the classifier reads of the
--- lineage. `conflicts` are the 412/409s with If-Match in the window before it.
+-- lineage. The walk stops once each needle was found as a whole ETag (`"x"` or `W/"x"`): older
+-- writes cannot be the newest holder of that tag. `conflicts` are the client's own 412/409s
+-- with If-Match among the newest `conflict_limit` events of the window before the failure:
+-- what a blind retry can be.
 local window, wlimit, climit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local CHUNK = 200
+local CHUNK = 100
+local ETAG = '^w' .. US .. '[^' .. US .. ']*' .. US .. '([^' .. US .. ']*)'
 local out = {}
 for k = 1, #KEYS do
   local e = KEYS[k]
   local z = string.sub(e, 1, -2) .. 'z'
-  local rid, ts, needles = ARGV[3 * k + 1], ARGV[3 * k + 2], ARGV[3 * k + 3]
+  local j = 4 * k
+  local rid, ts, client, needles = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local values = redis.call('HMGET', e, rid, 'c:' .. rid)
-  local mode = string.sub(needles, 1, 1)
-  local wanted = {}
-  if mode == 'n' then wanted = split(string.sub(needles, 3), RS) end
   local writes, conflicts = {}, {}
-  local since = tonumber(ts) - window
-  local writes_done, conflicts_done = mode == '', mode == ''
-  local seen_writes, held, offset = 0, nil, 0
-  while not (writes_done and conflicts_done) do
-    local chunk = redis.call(
-      'ZREVRANGEBYSCORE', z, ts, '-inf', 'WITHSCORES', 'LIMIT', offset, CHUNK)
-    for i = 1, #chunk, 2 do
-      local member, score = chunk[i], chunk[i + 1]
-      local kind = string.sub(member, 1, 1)
-      if not conflicts_done then
-        if tonumber(score) < since or #conflicts >= 2 * climit then
-          conflicts_done = true
-        elseif kind == 'f' then
-          conflicts[#conflicts+1] = member; conflicts[#conflicts+1] = score
-        end
+  if client ~= '' and needles ~= '' then
+    local since = tostring(tonumber(ts) - window)
+    local mine = US .. client .. US
+    -- without scores: only the few members kept need theirs
+    local window_members = redis.call('ZREVRANGEBYSCORE', z, ts, since, 'LIMIT', 0, climit)
+    for _, member in ipairs(window_members) do
+      if string.sub(member, 1, 1) == 'f' and string.find(member, mine, 3, true) then
+        conflicts[#conflicts+1] = member; conflicts[#conflicts+1] = redis.call('ZSCORE', z, member)
       end
-      if kind == 'w' and not writes_done then
+    end
+  end
+  local mode = string.sub(needles, 1, 1)
+  local wanted, left = {}, 0
+  if mode == 'n' then
+    for _, needle in ipairs(split(string.sub(needles, 3), RS)) do
+      wanted[needle] = true; left = left + 1
+    end
+  end
+  local seen_writes, held, offset = 0, nil, 0
+  local walking = mode ~= ''
+  while walking do
+    local chunk = redis.call('ZREVRANGEBYSCORE', z, ts, '-inf', 'LIMIT', offset, CHUNK)
+    for _, member in ipairs(chunk) do
+      if string.sub(member, 1, 1) == 'w' then
         local match = mode == 'a'
-        for _, needle in ipairs(wanted) do
-          if string.find(member, needle, 3, true) then match = true; break end
+        for needle, _ in pairs(wanted) do
+          if string.find(member, needle, 3, true) then
+            match = true
+            local etag = string.match(member, ETAG)
+            if etag == '"' .. needle .. '"' or etag == 'W/"' .. needle .. '"' then
+              wanted[needle] = nil; left = left - 1
+            end
+          end
         end
         if match then
           -- the newer neighbour superseded this ETag: the classifier needs it too
-          if held then writes[#writes+1] = held[1]; writes[#writes+1] = held[2] end
-          writes[#writes+1] = member; writes[#writes+1] = score
+          if held then writes[#writes+1] = held end
+          writes[#writes+1] = member
           held = nil
         else
-          held = {member, score}
+          held = member
         end
         seen_writes = seen_writes + 1
-        writes_done = seen_writes >= wlimit
+        if seen_writes >= wlimit or (mode == 'n' and left == 0) then
+          walking = false
+          break
+        end
       end
     end
-    if #chunk < 2 * CHUNK then break end
+    if #chunk < CHUNK then break end
     offset = offset + CHUNK
   end
-  out[k] = {values[1] or '', values[2] and 1 or 0, writes, conflicts}
+  local scored = {}
+  for _, member in ipairs(writes) do
+    scored[#scored+1] = member; scored[#scored+1] = redis.call('ZSCORE', z, member)
+  end
+  out[k] = {values[1] or '', values[2] and 1 or 0, scored, conflicts}
 end
 return out
 """
@@ -349,7 +399,11 @@ local out, done = {}, {}
 for k = 2, #KEYS do
   local j = 4 * (k - 2) + 1
   out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
-  if ARGV[j + 4] == '1' then redis.call('EXPIRE', KEYS[k], ttl) end
+  if ARGV[j + 4] == '1' then
+    -- the key may be new: give it a TTL, and make the next ingest refresh `z`'s too
+    redis.call('HDEL', KEYS[k], string.char(31) .. 'ttl')
+    redis.call('EXPIRE', KEYS[k], ttl)
+  end
   done[#done+1] = ARGV[j + 3]
 end
 for i = 1, #done, 1000 do
@@ -398,17 +452,21 @@ _SCRIPTS = {
 
 @dataclass(frozen=True, slots=True)
 class PendingFailure:
-    """A failure waiting to be (or being) settled; `if_match` says what its lineage must hold."""
+    """A failure waiting to be (or being) settled; `if_match` and `client_id` say what of its
+    resource's timeline settling must read."""
 
     service: str
     resource_id: str
     request_id: str
     ts: float
     if_match: str = ""
+    client_id: str = ""
 
     @property
     def member(self) -> str:
-        return f"{self.ts!r}{US}{self.resource_id}{US}{self.request_id}{US}{self.if_match}"
+        return US.join(
+            (repr(self.ts), self.resource_id, self.request_id, self.if_match, self.client_id)
+        )
 
 
 @dataclass(slots=True)
@@ -435,7 +493,7 @@ class _ServicePlan:
 
     prefix: str
     newest: float = 0.0
-    pending: list[tuple[str, str, str, str]] = field(default_factory=list)
+    pending: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     versions: dict[str, float] = field(default_factory=dict)
     etags: dict[str, str] = field(default_factory=dict)
@@ -623,7 +681,9 @@ class Store:
         self._batches += 1
         # Trimming by size is cheap but not free: every 8th batch is enough.
         housekeep = "1" if self._batches % 8 == 1 else "0"
-        args = [self.retention, self.timeline_cap, housekeep, *blobs]
+        # TTLs are refreshed once per hundredth of the retention (see the script).
+        stamp = str(int(now // max(1, self.retention // 100)))
+        args = [self.retention, self.timeline_cap, housekeep, stamp, *blobs]
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
             pipe.evalsha(shas["ingest"], len(keys), *keys, *args)
@@ -656,7 +716,13 @@ class Store:
             plan.newest = max(plan.newest, event.ts)
             if event.is_failure:
                 plan.pending.append(
-                    (repr(event.ts), event.resource_id, event.request_id, event.if_match or "")
+                    (
+                        repr(event.ts),
+                        event.resource_id,
+                        event.request_id,
+                        event.if_match or "",
+                        event.client_id or "",
+                    )
                 )
             if not is_new:
                 continue
@@ -733,8 +799,10 @@ class Store:
         (members,) = await self._pipeline(build)
         claimed = []
         for raw in members:
-            ts, resource, request_id, if_match = raw.decode().split(US)
-            claimed.append(PendingFailure(service, resource, request_id, float(ts), if_match))
+            ts, resource, request_id, if_match, client = raw.decode().split(US)
+            claimed.append(
+                PendingFailure(service, resource, request_id, float(ts), if_match, client)
+            )
         return claimed
 
     async def load_contexts(
@@ -747,7 +815,8 @@ class Store:
         keys = [resource_prefix(f.service, f.resource_id) + "e" for f in failures]
         args: list[Any] = [window, self.writes_cap, conflict_limit]
         for failure in failures:
-            args += [failure.request_id, repr(failure.ts), _needles(failure.if_match)]
+            args += [failure.request_id, repr(failure.ts), failure.client_id]
+            args.append(_needles(failure.if_match))
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
             pipe.evalsha(shas["snapshot"], len(keys), *keys, *args)

@@ -22,16 +22,24 @@ from tests.conftest import ROOT, RedisServer, free_port, wait_for
 
 
 def realistic_events(count: int, seed: int = 1) -> list[bytes]:
-    """Lines shaped like a busy API's conditional writes: mostly 2xx, some 412/428/409."""
+    """Lines shaped like a busy API's conditional writes.
+
+    Five services; resources drawn from a heavy-tailed distribution, so a few are hot. Each
+    resource has an ETag lineage: a successful write sends the current ETag as If-Match and
+    gets a new one; a 412 sends one of the last few ETags (a race or a stale tab), or now and
+    then one never seen; a 409 sends the current one; a 428 sends none. Lines also carry
+    fields the collector does not read, as shippers add them.
+    """
     rng = random.Random(seed)
     start = time.time() - 3600
     services = ["orders", "carts", "profiles", "inventory", "billing"]
+    lineage: dict[str, list[str]] = {}
     lines = []
     for i in range(count):
         service = services[i % len(services)]
         resource = f"{service[:3]}-{int(rng.paretovariate(1.2) * 100) % 50000}"
         status = rng.choices([200, 204, 412, 428, 409], [70, 10, 14, 3, 3])[0]
-        etag = f'"{rng.getrandbits(128):032x}"'
+        history = lineage.setdefault(resource, [])
         event: dict[str, object] = {
             "ts": round(start + i * 0.018, 3),
             "service": service,
@@ -42,10 +50,23 @@ def realistic_events(count: int, seed: int = 1) -> list[bytes]:
             "resource_id": resource,
             "client_id": f"web/u{rng.randrange(5000):04d}",
             "deploy_version": "v1.42.0",
-            "current_etag": etag,
+            "host": f"{service}-{rng.randrange(8)}",
+            "duration_ms": rng.randrange(2, 400),
         }
-        if status != 428:
-            event["if_match"] = f'"{rng.getrandbits(128):032x}"'
+        if status in (200, 204):
+            if history:
+                event["if_match"] = history[-1]
+            history.append(f'"{rng.getrandbits(128):032x}"')
+            del history[:-4]
+        elif status == 412:
+            if history and rng.random() < 0.9:
+                event["if_match"] = rng.choice(history[:-1] or history)
+            else:
+                event["if_match"] = f'"{rng.getrandbits(128):032x}"'
+        elif status == 409 and history:
+            event["if_match"] = history[-1]
+        if history:
+            event["current_etag"] = history[-1]
         lines.append(orjson.dumps(event))
     return lines
 
@@ -91,11 +112,27 @@ async def send(base: str, bodies: list[bytes], concurrency: int) -> tuple[list[f
     return latencies, accepted
 
 
+def print_command_stats(port: int, events: int) -> None:
+    """Redis time per command (scripts include the commands they call), per event sent."""
+    import redis
+
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats")
+    rows = sorted(stats.items(), key=lambda item: -item[1]["usec"])[:12]
+    print("redis commandstats (us per event, calls per event):")
+    for name, row in rows:
+        command = name.removeprefix("cmdstat_")
+        print(f"  {command:20s} {row['usec'] / events:6.2f} us  {row['calls'] / events:6.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--redis-stats", action="store_true", help="print Redis's busiest commands afterwards"
+    )
     args = parser.parse_args()
 
     lines = realistic_events(args.events)
@@ -119,6 +156,8 @@ def main() -> int:
         collector_cpu = cpu_seconds(collector.pid) - cpu_before[0]
         redis_cpu = cpu_seconds(redis_server.process.pid) - cpu_before[1]
         rss = peak_rss_mib(collector.pid)
+        if args.redis_stats:
+            print_command_stats(redis_server.port, len(lines))
     finally:
         collector.terminate()
         collector.wait(timeout=30)

@@ -149,7 +149,10 @@ async def test_timeline_and_lineage_are_capped() -> None:
     await store.ingest(events, NOW)
     timeline = await store.timeline("shop", "o1", limit=100)
     assert [rid for rid, _, _ in timeline] == [f"w{i}" for i in range(20, 30)]
-    assert await store.client.hlen(resource_prefix("shop", "o1") + "e") == 10
+    fields = await store.client.hkeys(resource_prefix("shop", "o1") + "e")
+    assert sorted(f.decode() for f in fields if not f.startswith(b"\x1f")) == [
+        f"w{i}" for i in range(20, 30)
+    ]
     await store.close()
 
 
@@ -175,18 +178,20 @@ async def test_context_has_lineage_and_prior_conflicts(store: Store) -> None:
         [
             ev("w1", NOW - 50, 200, current_etag='"1"', client_id="alice"),
             ev("w2", NOW - 40, 200, current_etag='"2"', client_id="bob"),
-            ev("f0", NOW - 35, if_match='"1"', current_etag='"2"'),
-            ev("f1", NOW - 30, if_match='"1"', current_etag='"2"'),
+            ev("f0", NOW - 35, if_match='"1"', current_etag='"2"', client_id="carol"),
+            ev("f1", NOW - 30, if_match='"1"', current_etag='"2"', client_id="carol"),
+            ev("f9", NOW - 32, if_match='"1"', current_etag='"2"', client_id="dave"),
         ],
         NOW,
     )
-    failure = PendingFailure("shop", "o1", "f1", NOW - 30, if_match='"1"')
+    failure = PendingFailure("shop", "o1", "f1", NOW - 30, if_match='"1"', client_id="carol")
     (context,) = await store.load_contexts([failure], window=300)
     assert context.record is not None and context.record["if_match"] == '"1"'
     assert [(w.request_id, w.etag, w.client_id) for w in context.writes] == [
         ("w1", '"1"', "alice"),
         ("w2", '"2"', "bob"),
     ]
+    # Only the same client's failures can make this one a blind retry.
     assert {p.request_id for p in context.prior_conflicts} == {"f0", "f1"}
     assert await store.etag_owners("shop", ['"2"', '"nope"'], now=NOW) == {'"2"': "o1"}
     assert await store.find_request("shop", "f1", now=NOW) == "o1"
@@ -224,3 +229,22 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailableError):
         await store.ingest([ev("a", NOW)], NOW)
     await store.close()
+
+
+async def test_resource_ttls_are_refreshed_once_per_hundredth_of_the_retention(
+    store: Store,
+) -> None:
+    """EXPIRE is skipped while the stamp is current, and both keys get it back together."""
+    prefix = resource_prefix("shop", "o1")
+    step = store.retention // 100
+    base = (NOW // step) * step
+    await store.ingest([ev("a", base - 5, 200, current_etag='"1"')], base)
+    for key in ("e", "z"):
+        assert 0 < await store.client.ttl(prefix + key) <= store.retention
+        await store.client.expire(prefix + key, 100)
+    await store.ingest([ev("b", base - 4, 200, current_etag='"2"')], base + step - 1)
+    for key in ("e", "z"):
+        assert 0 < await store.client.ttl(prefix + key) <= 100
+    await store.ingest([ev("c", base - 3, 200, current_etag='"3"')], base + step)
+    for key in ("e", "z"):
+        assert store.retention - 5 <= await store.client.ttl(prefix + key) <= store.retention
