@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def _has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+@functools.lru_cache(maxsize=8192)  # a hot resource's current ETag is read by every failure
 def parse_etag(value: str) -> EntityTag | None:
     """Read one ETag leniently; None for empty, `*` or junk.
 
@@ -117,6 +119,8 @@ def parse_etag(value: str) -> EntityTag | None:
 
 def _split_list(value: str) -> list[str]:
     """Split a header value on the commas that are outside quoted strings."""
+    if "," not in value:  # one tag, by far the most common value
+        return [value]
     parts: list[str] = []
     start = 0
     in_quotes = False
@@ -133,8 +137,22 @@ def _split_list(value: str) -> list[str]:
 def parse_precondition(header: str | Sequence[str] | None) -> Precondition:
     """Parse an If-Match / If-None-Match value, or the values of repeated header lines."""
     if header is None:
-        return Precondition(any=False, tags=(), malformed=False)
-    values = [header] if isinstance(header, str) else list(header)
+        return _NO_PRECONDITION
+    if isinstance(header, str):
+        # Settling reads one failure's If-Match several times; the result is immutable.
+        return _parse_header(header)
+    return _parse_values(list(header))
+
+
+_NO_PRECONDITION = Precondition(any=False, tags=(), malformed=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_header(header: str) -> Precondition:
+    return _parse_values([header])
+
+
+def _parse_values(values: list[str]) -> Precondition:
     if not values:
         return Precondition(any=False, tags=(), malformed=False)
     # Each line is split on its own, so an unbalanced quote on one line cannot swallow the next.
@@ -280,6 +298,7 @@ def _shape(opaque: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=8192)
 def fingerprint(tag: EntityTag) -> str:
     """A short description of the ETag's format, equal for tags from the same generator.
 

@@ -236,30 +236,36 @@ _ALIAS_KEYS = frozenset(
 ) - {"service"}
 
 
-def _plain_text(obj: dict[str, Any], field: str) -> str | None:
-    """`_text` for an event without alias names: only the canonical name can apply."""
-    value = obj.get(field)
-    if value is None:
-        return None
-    # isprintable() is False for every control character, so True skips the regex.
-    if type(value) is str and len(value) <= MAX_LENGTH[field] and value.isprintable():
-        return value
-    return _text(obj, field, allow_list=field in ("if_match", "if_none_match"))
+_PLAIN_FIELDS = tuple(
+    (name, MAX_LENGTH[name], name in ("if_match", "if_none_match"))
+    for name in ("request_id", "service", "resource_id", *_TEXT_FIELDS)
+)
 
 
 def _parse_canonical(obj: dict[str, Any], defaults: Defaults) -> Event:
     """The common case, as most shippers send it: canonical names (plus fields the collector
-    does not read) and plain values."""
+    does not read) and plain values. Anything unusual goes through `_text`, which names the
+    field in its error."""
     status = obj.get("status")
     if type(status) is not int or not 100 <= status <= 599:
         status = _status(obj)
-    request_id = _plain_text(obj, "request_id")
+    get = obj.get
+    texts: list[Any] = []
+    for name, limit, allow_list in _PLAIN_FIELDS:
+        value = get(name)
+        # isprintable() is False for every control character, so True skips the regex.
+        if value is not None and not (
+            type(value) is str and len(value) <= limit and value.isprintable()
+        ):
+            value = _text(obj, name, allow_list=allow_list)
+        texts.append(value)
+    request_id, service, resource_id, route, method, *headers = texts
     if not request_id:
         raise EventError("request_id", "missing")
-    service = _plain_text(obj, "service") or defaults.service
+    service = service or defaults.service
     if not service:
         raise EventError("service", "missing: set it in the event, ?service= or X-Service-Name")
-    ts = obj.get("ts")
+    ts = get("ts")
     if (
         type(ts) is float
         and 1e8 < ts <= defaults.received_at + defaults.max_clock_skew
@@ -268,23 +274,15 @@ def _parse_canonical(obj: dict[str, Any], defaults: Defaults) -> Event:
         seconds = ts
     else:
         seconds = _ts(obj, defaults)
-    route, method, if_match, if_none_match, etag, client, version, reason = (
-        _plain_text(obj, name) for name in _TEXT_FIELDS
-    )
     return Event(
         seconds,
         service,
         status,
         request_id,
-        _plain_text(obj, "resource_id") or "",
+        resource_id or "",
         route,
         method.upper() if method else None,
-        if_match,
-        if_none_match,
-        etag,
-        client,
-        version,
-        reason,
+        *headers,
     )
 
 

@@ -26,6 +26,8 @@ def clean_label(value: str | None) -> str:
     """A label value that always renders: printable, valid UTF-8, short."""
     if not value:
         return ""
+    if len(value) <= MAX_LABEL_CHARS and value.isascii() and value.isprintable():
+        return value  # already clean: the common case, checked in C
     text = "".join(ch if ch.isprintable() else "_" for ch in value)
     text = text.encode("utf-8", "replace").decode("utf-8", "replace")
     return text[:MAX_LABEL_CHARS]

@@ -87,6 +87,7 @@ class Settler:
         self.after_sweep: Callable[[], Awaitable[None]] | None = None
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
+        self._failure_series: dict[tuple[str, ...], Any] = {}
 
     def wake(self, services: Iterable[str]) -> None:
         """New events arrived for these services: their watermarks may have moved."""
@@ -176,9 +177,19 @@ class Settler:
         m = self.metrics
         service = m.labels.service(pending.service)
         route = m.labels.route(service, record.get("route"))
-        labels = (service, route, m.labels.method(record.get("method")), str(record["status"]))
+        labels = (
+            service,
+            route,
+            m.labels.method(record.get("method")),
+            str(record["status"]),
+            str(decision.cause),
+        )
+        # labels() validates and locks on every call; the capped label sets make a small cache.
+        counter = self._failure_series.get(labels)
+        if counter is None:
+            counter = self._failure_series[labels] = m.failures.labels(*labels)
         example = exemplar(pending.request_id)
-        m.failures.labels(*labels, str(decision.cause)).inc(1, exemplar=example)
+        counter.inc(1, exemplar=example)
         evidence = decision.evidence
         if decision.cause is Cause.CONCURRENT_WRITE and "race_seconds" in evidence:
             m.race_seconds.labels(service).observe(evidence["race_seconds"], exemplar=example)
