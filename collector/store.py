@@ -13,9 +13,10 @@ Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id
                                      is a duplicate; `c:<request_id>` -> decision (JSON), set once;
                                      `US ttl` -> when the TTLs were last refreshed
                                  `z` zset of every event by event time (the timeline), member
-                                     `w US request_id US etag US client` for a write,
-                                     `f US request_id US status US client US if_match` for a
-                                     412/409 with If-Match, `o US request_id` for the rest
+                                     `w US request_id US etag US client` for a write (the
+                                     lineage), `o US request_id` for the rest
+                                 `f` zset 412/409 with If-Match by event time, member
+                                     `request_id US status US client US if_match`
 Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id US if_match US
                                      client` by ts
                                  `i` zset claimed (in-flight) failure by lease expiry
@@ -36,8 +37,9 @@ Index buckets are 15 minutes of receive time and expire `retention` after their 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -47,7 +49,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from collector.classify import LineageWrite, PriorFailure
 from collector.etag import parse_precondition
-from collector.event import Event
+from collector.event import FAILURE_STATUSES, Event
 
 US = "\x1f"  # never inside a stored field: event.py rejects control characters
 RS = "\x1e"
@@ -145,8 +147,10 @@ _INGEST = (
     _LIB
     + """
 -- KEYS: the `e` key of each resource. ARGV: ttl, timeline_cap, housekeep, TTL stamp, then one
--- blob per key of its events (RS between events); an event is request_id US ts US is_failure
--- US record US timeline member (the member holds US itself, so it comes last).
+-- blob per key of its events (RS between events); an event is request_id US ts US kind US
+-- record US rest, where kind is 0 (not a failure), 1 (a failure) or 2 (a 412/409 with
+-- If-Match), and rest (which holds US itself, so it comes last) is the timeline member, or
+-- for kind 2 the member of the conflicts set `f` (its timeline member is `o US request_id`).
 -- Returns one code per event: 0 stored, 1 duplicate, 2 duplicate of an undecided failure.
 -- EXPIRE is the dearest call here: a resource's two keys get their TTL back only when the
 -- stamp kept in `e` differs from the caller's, which changes every hundredth of the retention.
@@ -158,7 +162,7 @@ local ITEM = '[^' .. RS .. ']+'
 local out, n = {}, 0
 for r = 1, #KEYS do
   local e = KEYS[r]
-  local z = string.sub(e, 1, -2) .. 'z'
+  local z, f = string.sub(e, 1, -2) .. 'z', string.sub(e, 1, -2) .. 'f'
   local ids, times, failures, records, members = {}, {}, {}, {}, {}
   for item in string.gmatch(ARGV[4 + r], ITEM) do
     local j = #ids + 1
@@ -166,17 +170,23 @@ for r = 1, #KEYS do
   end
   local seen = redis.call('HMGET', e, STAMP, unpack(ids))
   local refresh = seen[1] ~= stamp
-  local eargs, zargs = {}, {}
+  local eargs, zargs, fargs = {}, {}, {}
   for j = 1, #ids do
     if seen[j + 1] then
-      if failures[j] == '1' and redis.call('HEXISTS', e, 'c:' .. ids[j]) == 0 then
+      if failures[j] ~= '0' and redis.call('HEXISTS', e, 'c:' .. ids[j]) == 0 then
         out[n + j] = 2
       else
         out[n + j] = 1
       end
     else
       eargs[#eargs+1] = ids[j]; eargs[#eargs+1] = records[j]
-      zargs[#zargs+1] = times[j]; zargs[#zargs+1] = members[j]
+      zargs[#zargs+1] = times[j]
+      if failures[j] == '2' then
+        zargs[#zargs+1] = 'o' .. US .. ids[j]
+        fargs[#fargs+1] = times[j]; fargs[#fargs+1] = members[j]
+      else
+        zargs[#zargs+1] = members[j]
+      end
       out[n + j] = 0
     end
   end
@@ -190,7 +200,13 @@ for r = 1, #KEYS do
       redis.call('EXPIRE', z, ttl)
     end
   end
+  if #fargs > 0 then
+    -- few resources get conflicts in a batch: the set may be new, so it always gets its TTL
+    call_many('ZADD', f, nil, fargs)
+    redis.call('EXPIRE', f, ttl)
+  end
   if housekeep then
+    redis.call('ZREMRANGEBYRANK', f, 0, -(tcap + 1))
     local extra = redis.call('ZCARD', z) - tcap
     while extra > 0 do
       local chunk = math.min(extra, 1000)
@@ -317,10 +333,9 @@ _SNAPSHOT = (
 -- write just after each (member, score pairs, newest first): all the classifier reads of the
 -- lineage. The walk stops once each needle was found as a whole ETag (`"x"` or `W/"x"`): older
 -- writes cannot be the newest holder of that tag. `conflicts` are the client's own 412/409s
--- with If-Match among the newest `conflict_limit` events of the window before the failure:
--- what a blind retry can be.
+-- with If-Match among the newest `conflict_limit` of the resource's in the window before the
+-- failure: what a blind retry can be.
 local window, wlimit, climit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local CHUNK = 100
 local ETAG = '^w' .. US .. '[^' .. US .. ']*' .. US .. '([^' .. US .. ']*)'
 local out = {}
 for k = 1, #KEYS do
@@ -331,13 +346,14 @@ for k = 1, #KEYS do
   local values = redis.call('HMGET', e, rid, 'c:' .. rid)
   local writes, conflicts = {}, {}
   if client ~= '' and needles ~= '' then
+    local f = string.sub(e, 1, -2) .. 'f'
     local since = tostring(tonumber(ts) - window)
     local mine = US .. client .. US
     -- without scores: only the few members kept need theirs
-    local window_members = redis.call('ZREVRANGEBYSCORE', z, ts, since, 'LIMIT', 0, climit)
+    local window_members = redis.call('ZREVRANGEBYSCORE', f, ts, since, 'LIMIT', 0, climit)
     for _, member in ipairs(window_members) do
-      if string.sub(member, 1, 1) == 'f' and string.find(member, mine, 3, true) then
-        conflicts[#conflicts+1] = member; conflicts[#conflicts+1] = redis.call('ZSCORE', z, member)
+      if string.find(member, mine, 1, true) then
+        conflicts[#conflicts+1] = member; conflicts[#conflicts+1] = redis.call('ZSCORE', f, member)
       end
     end
   end
@@ -348,10 +364,11 @@ for k = 1, #KEYS do
       wanted[needle] = true; left = left + 1
     end
   end
-  local seen_writes, held, offset = 0, nil, 0
+  local seen_writes, held, offset, size = 0, nil, 0, 16
   local walking = mode ~= ''
   while walking do
-    local chunk = redis.call('ZREVRANGEBYSCORE', z, ts, '-inf', 'LIMIT', offset, CHUNK)
+    -- most If-Match tags are among the newest writes: read a little first, more if needed
+    local chunk = redis.call('ZREVRANGEBYSCORE', z, ts, '-inf', 'LIMIT', offset, size)
     for _, member in ipairs(chunk) do
       if string.sub(member, 1, 1) == 'w' then
         local match = mode == 'a'
@@ -379,8 +396,9 @@ for k = 1, #KEYS do
         end
       end
     end
-    if #chunk < CHUNK then break end
-    offset = offset + CHUNK
+    if #chunk < size then break end
+    offset = offset + size
+    size = math.min(size * 4, 256)
   end
   local scored = {}
   for _, member in ipairs(writes) do
@@ -490,36 +508,45 @@ class IngestResult:
     stored: list[bool]
 
 
-@dataclass(slots=True)
-class _ServicePlan:
-    """What one batch changes in one service's keys."""
+def _service_blobs(new: list[Event], touched: list[Event], formats: list[str]) -> list[str]:
+    """The service script's item blobs (see the script) for one service's share of a batch."""
+    etags = {e.current_etag: e.resource_id for e in new if 200 <= e.status < 300 and e.current_etag}
+    versions: dict[str, float] = {}
+    for event in new:
+        version = event.deploy_version
+        if version and (version not in versions or event.ts < versions[version]):
+            versions[version] = event.ts
+    minutes = Counter(int(e.ts // 60) for e in new)
+    conflicts = Counter((int(e.ts // 60), e.resource_id) for e in new if e.status in (409, 412))
+    return [
+        RS.join([f"{e.request_id}{US}{e.resource_id}" for e in new]),
+        RS.join([f"{etag}{US}{resource}" for etag, resource in etags.items()]),
+        RS.join(
+            [
+                f"{e.ts!r}{US}{e.resource_id}{US}{e.request_id}{US}{e.if_match or ''}"
+                f"{US}{e.client_id or ''}"
+                for e in touched
+                if e.status in FAILURE_STATUSES
+            ]
+        ),
+        RS.join([f"{ts!r}{US}{version}" for version, ts in versions.items()]),
+        RS.join(formats),
+        RS.join([f"{m}{US}{r}{US}{n}" for (m, r), n in conflicts.items()]),
+        RS.join([f"{m}{US}{n}" for m, n in minutes.items()]),
+    ]
 
-    prefix: str
-    newest: float = 0.0
-    pending: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    versions: dict[str, float] = field(default_factory=dict)
-    etags: dict[str, str] = field(default_factory=dict)
-    formats: list[tuple[str, str, str]] = field(default_factory=list)
-    conflicts: dict[tuple[int, str], int] = field(default_factory=dict)
-    requests_per_minute: dict[int, int] = field(default_factory=dict)
 
-
-def _blob(items: Iterable[Sequence[str]]) -> str:
-    """Items for a script: fields joined by US, items by RS."""
-    return RS.join(US.join(item) for item in items)
-
-
-def _timeline_member(event: Event) -> str:
-    """The event as its resource's timeline keeps it: what settling reads without JSON."""
-    if event.is_write:
-        return f"w{US}{event.request_id}{US}{event.current_etag}{US}{event.client_id or ''}"
+def _timeline_item(event: Event) -> str:
+    """The kind and the member the ingest script files the event under (see the script)."""
+    if 200 <= event.status < 300 and event.current_etag:
+        return f"0{US}w{US}{event.request_id}{US}{event.current_etag}{US}{event.client_id or ''}"
     if event.status in (409, 412) and event.if_match:
         return (
-            f"f{US}{event.request_id}{US}{event.status}{US}{event.client_id or ''}"
+            f"2{US}{event.request_id}{US}{event.status}{US}{event.client_id or ''}"
             f"{US}{event.if_match}"
         )
-    return f"o{US}{event.request_id}"
+    kind = "1" if event.status in FAILURE_STATUSES else "0"
+    return f"{kind}{US}o{US}{event.request_id}"
 
 
 def _needles(if_match: str) -> str:
@@ -675,9 +702,9 @@ class Store:
                 items = []
                 for index in chunk:
                     event = events[index]
+                    kind, _, rest = _timeline_item(event).partition(US)
                     items.append(
-                        f"{event.request_id}{US}{event.ts!r}{US}{'1' if event.is_failure else '0'}"
-                        f"{US}{_record(event)}{US}{_timeline_member(event)}"
+                        f"{event.request_id}{US}{event.ts!r}{US}{kind}{US}{_record(event)}{US}{rest}"
                     )
                     order.append(index)
                 blobs.append(RS.join(items))
@@ -709,67 +736,33 @@ class Store:
         formats: Sequence[tuple[str, str, str, float]],
     ) -> None:
         """Per service, one script: pending failures, indexes, versions, formats, watermark."""
-        plans: dict[str, _ServicePlan] = {}
+        new: dict[str, list[Event]] = {}
+        touched: dict[str, list[Event]] = {}  # new, or a retried failure to queue again
         for event, is_new, again in zip(events, stored, requeue, strict=True):
-            if not (is_new or again):
-                continue
-            plan = plans.get(event.service)
-            if plan is None:
-                plan = plans[event.service] = _ServicePlan(service_prefix(event.service))
-            plan.newest = max(plan.newest, event.ts)
-            if event.is_failure:
-                plan.pending.append(
-                    (
-                        repr(event.ts),
-                        event.resource_id,
-                        event.request_id,
-                        event.if_match or "",
-                        event.client_id or "",
-                    )
-                )
-            if not is_new:
-                continue
-            minute = int(event.ts // 60)
-            plan.requests_per_minute[minute] = plan.requests_per_minute.get(minute, 0) + 1
-            if event.status in (409, 412):
-                slot = (int(event.ts // 60), event.resource_id)
-                plan.conflicts[slot] = plan.conflicts.get(slot, 0) + 1
-            plan.requests.append((event.request_id, event.resource_id))
-            if event.deploy_version:
-                first = plan.versions.get(event.deploy_version, event.ts)
-                plan.versions[event.deploy_version] = min(first, event.ts)
-            if event.is_write and event.current_etag:
-                plan.etags[event.current_etag] = event.resource_id
-        for service, version, fingerprint, ts in formats:
-            if service in plans:
-                plans[service].formats.append((repr(ts), version, fingerprint))
-        if not plans:
+            if is_new:
+                new.setdefault(event.service, []).append(event)
+            if is_new or again:
+                touched.setdefault(event.service, []).append(event)
+        if not touched:
             return
+        format_items: dict[str, list[str]] = {}
+        for service, version, fingerprint, ts in formats:
+            format_items.setdefault(service, []).append(f"{ts!r}{US}{version}{US}{fingerprint}")
         now_ms = int(now * 1000)
         bucket = int(now // INDEX_BUCKET_SECONDS)
         # A bucket expires `retention` after it began: no entry outlives the retention.
         bucket_ttl = max(1, bucket * INDEX_BUCKET_SECONDS + self.retention - int(now))
+        calls = []
+        for service, mine in touched.items():
+            newest = repr(max(e.ts for e in mine))
+            blobs = _service_blobs(new.get(service, []), mine, format_items.get(service, []))
+            args = [now_ms, self.retention, newest, bucket, bucket_ttl, *blobs]
+            calls.append((service_prefix(service) + "p", args))
 
         def build(pipe: Any, shas: dict[str, str]) -> None:
-            for plan in plans.values():
-                pipe.evalsha(
-                    shas["service"],
-                    1,
-                    plan.prefix + "p",
-                    now_ms,
-                    self.retention,
-                    repr(plan.newest) if plan.newest > 0 else "",
-                    bucket,
-                    bucket_ttl,
-                    _blob(plan.requests),
-                    _blob(plan.etags.items()),
-                    _blob(plan.pending),
-                    _blob((repr(ts), version) for version, ts in plan.versions.items()),
-                    _blob(plan.formats),
-                    _blob((str(m), r, str(n)) for (m, r), n in plan.conflicts.items()),
-                    _blob((str(m), str(n)) for m, n in plan.requests_per_minute.items()),
-                )
-            pipe.zadd(SERVICES_KEY, dict.fromkeys(plans, now_ms))
+            for key, args in calls:
+                pipe.evalsha(shas["service"], 1, key, *args)
+            pipe.zadd(SERVICES_KEY, dict.fromkeys(touched, now_ms))
             pipe.zremrangebyscore(SERVICES_KEY, "-inf", now_ms - self.retention * 1000)
             pipe.expire(SERVICES_KEY, self.retention)
 
@@ -833,7 +826,7 @@ class Store:
                 writes.append(LineageWrite(float(score), request_id, etag, client or None))
             prior = []
             for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
-                _, request_id, status, client, if_match = member.decode().split(US, 4)
+                request_id, status, client, if_match = member.decode().split(US, 3)
                 prior.append(
                     PriorFailure(float(score), request_id, int(status), client or None, if_match)
                 )
