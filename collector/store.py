@@ -471,7 +471,7 @@ _SCRIPTS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PendingFailure:
     """A failure waiting to be (or being) settled; `if_match` and `client_id` say what of its
     resource's timeline settling must read."""

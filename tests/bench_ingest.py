@@ -86,29 +86,44 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def send(base: str, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
+async def post_batches(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
+    """POST every body to /v1/events over `concurrency` keep-alive connections.
+
+    A bare HTTP/1.1 client: the load generator shares the machine's two cores with the
+    collector and Redis, and a full client library costs it several times more CPU.
+    """
     latencies: list[float] = []
     accepted = 0
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+    pending = iter(bodies)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker() -> None:
         nonlocal accepted
-        while not queue.empty():
-            body = queue.get_nowait()
-            started = time.perf_counter()
-            response = await client.post(
-                base + "/v1/events",
-                content=body,
-                headers={"Content-Type": "application/x-ndjson"},
-            )
-            latencies.append(time.perf_counter() - started)
-            response.raise_for_status()
-            accepted += response.json()["accepted"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for body in pending:
+                started = time.perf_counter()
+                writer.write(
+                    b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/x-ndjson\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body)
+                )
+                writer.write(body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                reply = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {reply[:200]!r}")
+                accepted += orjson.loads(reply)["accepted"]
+        finally:
+            writer.close()
 
-    async with httpx.AsyncClient(timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, accepted
 
 
@@ -167,6 +182,8 @@ def main() -> int:
         [sys.executable, "-m", "collector", "serve", "--port", str(port)], env=env, cwd=ROOT
     )
     base = f"http://127.0.0.1:{port}"
+    print(f"events:             {len(lines)} ({failures} failures), {mean_size:.0f} bytes each")
+    print(f"batches:            {len(bodies)} of {args.batch}, {args.concurrency} in flight")
     try:
         wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, what="collector")
         assert redis_server.process is not None
@@ -174,42 +191,36 @@ def main() -> int:
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}
         client_before = time.process_time()
         started = time.perf_counter()
-        latencies, accepted = asyncio.run(send(base, bodies, args.concurrency))
+        latencies, accepted = asyncio.run(post_batches(port, bodies, args.concurrency))
         elapsed = time.perf_counter() - started
-        cpu_sent = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
+        cpu = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
         client_cpu = time.process_time() - client_before
         settled_during = failures_counted(base)
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        print(f"events stored:      {accepted}")
+        print(f"throughput:         {accepted / elapsed:,.0f} events/s ({elapsed:.1f} s)")
+        print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"collector peak RSS: {peak_rss_mib(collector.pid):.0f} MiB")
+        print(
+            f"CPU while sending:  collector {cpu[0]:.1f} s, redis-server {cpu[1]:.1f} s, "
+            f"this client {client_cpu:.1f} s"
+        )
+        print(f"settled meanwhile:  {settled_during:.0f} of {failures} failures", flush=True)
         settle_wait = wait_until_settled(base, failures)
-        cpu_settled = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
-        rss = peak_rss_mib(collector.pid)
+        cpu = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
+        print(
+            f"all settled:        {settle_wait:.1f} s after the last batch (up to "
+            "PW_ALLOWED_LATENESS_SECONDS of it is the watermark wait)"
+        )
+        print(f"CPU until settled:  collector {cpu[0]:.1f} s, redis-server {cpu[1]:.1f} s")
         if args.redis_stats:
             print_command_stats(redis_server.port, len(lines))
     finally:
         collector.terminate()
         collector.wait(timeout=30)
         redis_server.stop()
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    print(f"events sent:        {len(lines)} in {len(bodies)} batches of {args.batch}")
-    print(f"                    ({failures} failures), {args.concurrency} batches in flight")
-    print(f"mean event size:    {mean_size:.0f} bytes")
-    print(f"events stored:      {accepted}")
-    print(f"throughput:         {accepted / elapsed:,.0f} events/s ({elapsed:.1f} s)")
-    print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"collector peak RSS: {rss:.0f} MiB")
-    print(
-        f"CPU while sending:  collector {cpu_sent[0]:.1f} s, redis-server {cpu_sent[1]:.1f} s, "
-        f"this client {client_cpu:.1f} s"
-    )
-    print(
-        f"settling:           {settled_during:.0f} of {failures} failures settled while "
-        f"sending, all {settle_wait:.1f} s after the last batch"
-    )
-    print("                    (up to PW_ALLOWED_LATENESS_SECONDS of that is the watermark wait)")
-    print(
-        f"CPU until settled:  collector {cpu_settled[0]:.1f} s, redis-server {cpu_settled[1]:.1f} s"
-    )
     return 0 if accepted == len(lines) else 1
 
 
