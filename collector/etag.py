@@ -147,8 +147,16 @@ def parse_precondition(header: str | Sequence[str] | None) -> Precondition:
 _NO_PRECONDITION = Precondition(any=False, tags=(), malformed=False)
 
 
+# One quoted tag, as nearly every client sends: parsed without the general list grammar.
+_SINGLE_TAG = re.compile(r'[ \t]*(W/|w/)?"([^"\x00-\x1f\x7f]*)"[ \t]*')
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_header(header: str) -> Precondition:
+    single = _SINGLE_TAG.fullmatch(header)
+    if single is not None:
+        tag = EntityTag(single.group(2), single.group(1) is not None)
+        return Precondition(any=False, tags=(tag,), malformed=False)
     return _parse_values([header])
 
 

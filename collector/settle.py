@@ -87,7 +87,7 @@ class Settler:
         self.after_sweep: Callable[[], Awaitable[None]] | None = None
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
-        self._failure_series: dict[tuple[str, ...], Any] = {}
+        self._series: dict[tuple[object, ...], Any] = {}
 
     def wake(self, services: Iterable[str]) -> None:
         """New events arrived for these services: their watermarks may have moved."""
@@ -184,20 +184,28 @@ class Settler:
             str(record["status"]),
             str(decision.cause),
         )
-        # labels() validates and locks on every call; the capped label sets make a small cache.
-        counter = self._failure_series.get(labels)
-        if counter is None:
-            counter = self._failure_series[labels] = m.failures.labels(*labels)
+        counter = self._series_of(m.failures, *labels)
         example = exemplar(pending.request_id)
         counter.inc(1, exemplar=example)
         evidence = decision.evidence
         if decision.cause is Cause.CONCURRENT_WRITE and "race_seconds" in evidence:
-            m.race_seconds.labels(service).observe(evidence["race_seconds"], exemplar=example)
+            self._series_of(m.race_seconds, service).observe(
+                evidence["race_seconds"], exemplar=example
+            )
         superseded = evidence.get("superseded_seconds_ago")
         if isinstance(superseded, int | float):
-            m.staleness_seconds.labels(service).observe(superseded)
+            self._series_of(m.staleness_seconds, service).observe(superseded)
         for kind in evidence.get("rewrite", ()):
             m.rewrites.labels(service, kind).inc()
+
+    def _series_of(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: labels() validates and locks on every call, and
+        the capped label sets keep the cache small."""
+        key = (id(metric), *labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = metric.labels(*labels)
+        return series
 
     async def run(self, interval: float) -> None:
         """Settle woken services as events arrive, and every service each `interval`."""

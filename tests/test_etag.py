@@ -443,3 +443,13 @@ def test_is_high_entropy(opaque: str, expected: bool) -> None:
     """Only 16+ character opaques that are not pure numbers count as distinctive."""
     assert is_high_entropy(strong(opaque)) is expected
     assert is_high_entropy(weak(opaque)) is expected
+
+
+@pytest.mark.parametrize(
+    "value", ['"abc"', 'W/"x y"', ' "a,b" ', '""', 'w/"q"\t', '"a"-gzip', '"a", "b"', "abc"]
+)
+def test_single_tag_shortcut_matches_the_list_grammar(value: str) -> None:
+    """The one-quoted-tag shortcut gives what the general parser gives."""
+    from collector.etag import _parse_header, _parse_values
+
+    assert _parse_header(value) == _parse_values([value])
