@@ -164,7 +164,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=8)
+    # Sixteen batches in flight: a fleet of shippers, enough to keep every core busy.
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--redis-stats", action="store_true", help="print Redis's busiest commands afterwards"
     )
