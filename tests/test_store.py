@@ -248,3 +248,20 @@ async def test_resource_ttls_are_refreshed_once_per_hundredth_of_the_retention(
     await store.ingest([ev("c", base - 3, 200, current_etag='"3"')], base + step)
     for key in ("e", "z"):
         assert store.retention - 5 <= await store.client.ttl(prefix + key) <= store.retention
+
+
+async def test_lineage_walk_stops_only_at_the_tag_itself(store: Store) -> None:
+    """A newer ETag that merely contains the If-Match does not end the walk; the tag does."""
+    await store.ingest(
+        [
+            ev("w0", NOW - 40, 200, current_etag='"ab"'),
+            ev("w1", NOW - 30, 200, current_etag='"ab"'),
+            ev("w2", NOW - 20, 200, current_etag='"abc"'),
+            ev("w3", NOW - 10, 200, current_etag='"zz"'),
+        ],
+        NOW,
+    )
+    failure = PendingFailure("shop", "o1", "f1", NOW - 5, if_match='"ab"')
+    (context,) = await store.load_contexts([failure], window=300)
+    # w1 holds the tag (newest first, so w0 is never read); w2 superseded it, w3 followed.
+    assert [w.request_id for w in context.writes] == ["w1", "w2", "w3"]
