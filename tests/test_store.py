@@ -265,3 +265,32 @@ async def test_lineage_walk_stops_only_at_the_tag_itself(store: Store) -> None:
     (context,) = await store.load_contexts([failure], window=300)
     # w1 holds the tag (newest first, so w0 is never read); w2 superseded it, w3 followed.
     assert [w.request_id for w in context.writes] == ["w1", "w2", "w3"]
+
+
+async def test_conflicts_set_is_capped_with_the_timeline() -> None:
+    """A resource's conflicts set is trimmed to the timeline cap as well."""
+    from tests.conftest import make_store
+
+    store = make_store("fake", timeline_max_events=10)
+    events = [ev(f"f{i}", NOW - 100 + i, 412, if_match='"old"') for i in range(30)]
+    await store.ingest(events, NOW)
+    assert await store.client.zcard(resource_prefix("shop", "o1") + "f") == 10
+    await store.close()
+
+
+async def test_decision_for_a_vanished_resource_gets_a_ttl(store: Store) -> None:
+    """Deciding a failure whose resource keys expired must not leave a key without a TTL."""
+    failure = PendingFailure("shop", "gone", "f1", NOW - 30)
+    assert await store.record_decisions([(failure, {"cause": "unknown"})], gone=[True]) == [True]
+    ttl = await store.client.ttl(resource_prefix("shop", "gone") + "e")
+    assert 0 < ttl <= store.retention
+
+
+async def test_an_empty_if_match_tag_searches_every_write(store: Store) -> None:
+    """`""` is inside every ETag's text, so the walk cannot stop early: all writes come back."""
+    await store.ingest(
+        [ev(f"w{i}", NOW - 50 + i, 200, current_etag=f'"{i}"') for i in range(5)], NOW
+    )
+    failure = PendingFailure("shop", "o1", "f1", NOW - 1, if_match='""')
+    (context,) = await store.load_contexts([failure], window=300)
+    assert [w.request_id for w in context.writes] == [f"w{i}" for i in range(5)]
