@@ -537,17 +537,22 @@ def _service_blobs(new: list[Event], touched: list[Event], formats: list[str]) -
     ]
 
 
-def _timeline_item(event: Event) -> str:
-    """The kind and the member the ingest script files the event under (see the script)."""
+def _script_item(event: Event) -> str:
+    """The event as the ingest script takes it (see the script): request_id, ts, kind, record,
+    and its timeline member or, for a 412/409 with If-Match, its conflicts-set member."""
+    head = f"{event.request_id}{US}{event.ts!r}{US}"
     if 200 <= event.status < 300 and event.current_etag:
-        return f"0{US}w{US}{event.request_id}{US}{event.current_etag}{US}{event.client_id or ''}"
+        return (
+            f"{head}0{US}{_record(event)}{US}w{US}{event.request_id}{US}{event.current_etag}"
+            f"{US}{event.client_id or ''}"
+        )
     if event.status in (409, 412) and event.if_match:
         return (
-            f"2{US}{event.request_id}{US}{event.status}{US}{event.client_id or ''}"
-            f"{US}{event.if_match}"
+            f"{head}2{US}{_record(event)}{US}{event.request_id}{US}{event.status}"
+            f"{US}{event.client_id or ''}{US}{event.if_match}"
         )
     kind = "1" if event.status in FAILURE_STATUSES else "0"
-    return f"{kind}{US}o{US}{event.request_id}"
+    return f"{head}{kind}{US}{_record(event)}{US}o{US}{event.request_id}"
 
 
 def _needles(if_match: str) -> str:
@@ -700,15 +705,8 @@ class Store:
             for start in range(0, len(indexes), MAX_EVENTS_PER_KEY):
                 chunk = indexes[start : start + MAX_EVENTS_PER_KEY]
                 keys.append(key)
-                items = []
-                for index in chunk:
-                    event = events[index]
-                    kind, _, rest = _timeline_item(event).partition(US)
-                    items.append(
-                        f"{event.request_id}{US}{event.ts!r}{US}{kind}{US}{_record(event)}{US}{rest}"
-                    )
-                    order.append(index)
-                blobs.append(RS.join(items))
+                blobs.append(RS.join([_script_item(events[index]) for index in chunk]))
+                order.extend(chunk)
         self._batches += 1
         # Trimming costs a call or two per resource; every 32nd batch keeps the caps close
         # (a resource overshoots by at most its events of 31 batches) for a quarter of the calls.
