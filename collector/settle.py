@@ -128,7 +128,16 @@ class Settler:
         async def lane() -> int:
             return sum([await self.settle_service(s, force=force, now=now) for s in pending])
 
-        return sum(await asyncio.gather(*(lane() for _ in range(SETTLE_LANES))))
+        # Every lane finishes before an error is raised: none keeps running outside the lock.
+        results = await asyncio.gather(
+            *(lane() for _ in range(SETTLE_LANES)), return_exceptions=True
+        )
+        total = 0
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            total += result
+        return total
 
     async def _settle(
         self, service: str, claimed: Sequence[PendingFailure], now: float | None

@@ -132,3 +132,29 @@ async def test_replay_gives_the_same_causes_as_live(store: Store) -> None:
             a["evidence"],
         )
     )
+
+
+async def test_a_failing_service_does_not_leave_other_lanes_running() -> None:
+    """Services settle side by side; when one fails, the others finish first, then it raises."""
+    from typing import Any
+
+    from collector.store import StoreUnavailableError
+
+    finished: list[str] = []
+
+    class FlakyStore:
+        async def services(self) -> list[str]:
+            return ["broken", "slow-1", "slow-2"]
+
+        async def claim_due(self, service: str, **_: Any) -> list[Any]:
+            if service == "broken":
+                raise StoreUnavailableError("connection refused")
+            for _step in range(5):  # still claiming after the broken lane gave up
+                await asyncio.sleep(0)
+            finished.append(service)
+            return []
+
+    settler = Settler(FlakyStore(), Metrics(CollectorRegistry()), window=300, lateness=5)  # type: ignore[arg-type]
+    with pytest.raises(StoreUnavailableError):
+        await settler.settle_all()
+    assert sorted(finished) == ["slow-1", "slow-2"]
