@@ -23,7 +23,8 @@ Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US reques
                                  `m` zset `max` = newest event time, `seen` = last receive time
                                  `v` zset deploy version by first event time
                                  `f` zset `version US fingerprint` by first event time
-                                 `q:<bucket>` hash request_id -> resource (request lookup)
+                                 `q:<bucket>` hash request_id -> resource, failures only
+                                     (the request lookup)
                                  `x:<bucket>` hash etag -> resource (who had this ETag)
                                  `h:<minute>` zset resource by conflicts in that minute
                                  `n:<minute>` hash `req` and `c:<cause>` counts (event time)
@@ -520,7 +521,10 @@ def _service_blobs(new: list[Event], touched: list[Event], formats: list[str]) -
     minutes = Counter(int(e.ts // 60) for e in new)
     conflicts = Counter((int(e.ts // 60), e.resource_id) for e in new if e.status in (409, 412))
     return [
-        RS.join([f"{e.request_id}{US}{e.resource_id}" for e in new]),
+        # Only failures have a decision to look up by request id.
+        RS.join(
+            [f"{e.request_id}{US}{e.resource_id}" for e in new if e.status in FAILURE_STATUSES]
+        ),
         RS.join([f"{etag}{US}{resource}" for etag, resource in etags.items()]),
         RS.join(
             [

@@ -34,7 +34,11 @@ async def get_request(
         else (None, None)
     )
     if record is None or resource_id is None:
-        raise HTTPException(404, f"no request {request_id!r} of service {service!r} is retained")
+        raise HTTPException(
+            404,
+            f"no failure {request_id!r} of service {service!r} is retained (only 412, 428 and "
+            "409 requests have a decision; others are in their resource's timeline)",
+        )
     body: dict[str, Any] = {
         "service": service,
         "request_id": request_id,
@@ -44,10 +48,8 @@ async def get_request(
     }
     if decision is not None:
         body.update(state="classified", cause=decision["cause"], evidence=decision["evidence"])
-    elif record["status"] in (409, 412, 428):
-        body.update(state="pending", cause=None, evidence=None)
     else:
-        body.update(state="write", cause=None, evidence=None)
+        body.update(state="pending", cause=None, evidence=None)
     return body
 
 

@@ -65,6 +65,16 @@ def test_unknown_request_is_404(client: TestClient) -> None:
     assert "nope" in response.json()["error"]
 
 
+def test_a_successful_request_has_no_decision_to_look_up(client: TestClient) -> None:
+    """Only failures are looked up by id; a write is a 404 that points at the timeline."""
+    post(client, *stream(time.time()))
+    response = client.get("/v1/services/shop/requests/w1")
+    assert response.status_code == 404
+    assert "timeline" in response.json()["error"]
+    timeline = client.get("/v1/services/shop/resources/o1/timeline").json()
+    assert "w1" in [event["request_id"] for event in timeline["events"]]
+
+
 def test_timeline_lists_writes_and_failures_in_order(client: TestClient) -> None:
     """The timeline shows the resource's events in event-time order with causes once settled."""
     post(client, *stream(time.time()))
