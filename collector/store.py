@@ -1,17 +1,18 @@
 """Correlation state in Redis: ETag lineage, timelines, pending failures, dedupe and deploys.
 
 The only module that imports `redis`. Keys of one resource share the hash tag
-`{service:resource}` and keys of one service share `{service}`, so each resource's (or
-service's) updates are atomic within one slot. The ingest script takes the resources of a whole
-batch in one call, which a standalone Redis (or one primary) accepts; on Redis Cluster the same
-script would have to be called once per slot, which this store does not do yet. Every key has a
-TTL of at most `retention_seconds`, refreshed when written (a resource's keys at most once per
-hundredth of the retention, so they live 99-100% of it after their last write); the sets
-inside are capped.
+`{service:resource}` and keys of one service share `{service}`. A batch's events are written
+with plain commands sent together: HSETNX of each record (the dedupe), ZADD NX of the timeline
+and conflict members, EXPIRE of the keys. Each is idempotent, so a retried batch changes
+nothing that is already there and repairs what its first attempt did not reach. The
+per-service scripts take one service's keys; the trim and settling scripts take the resources
+of a whole batch in one call, which a standalone Redis (or one primary) accepts; on Redis
+Cluster they would have to be called once per slot, which this store does not do yet. Every
+key has a TTL of at most `retention_seconds`, refreshed when written; the sets inside are
+capped.
 
 Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
-                                     is a duplicate; `c:<request_id>` -> decision (JSON), set once;
-                                     `US ttl` -> when the TTLs were last refreshed
+                                     is a duplicate; `c:<request_id>` -> decision (JSON), set once
                                  `z` zset of every event by event time (the timeline), member
                                      `w US request_id US etag US client` for a write (the
                                      lineage), `o US request_id` for the rest
@@ -37,6 +38,7 @@ Index buckets are 15 minutes of receive time and expire `retention` after their 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -145,88 +147,31 @@ local function call_many(cmd, key, opt, args)
 end
 """
 
-_INGEST = (
-    _LIB
-    + """
--- KEYS: the `e` key of each resource. ARGV: ttl, timeline_cap, housekeep, TTL stamp, then one
--- blob per key of its events (RS between events); an event is request_id US ts US kind US
--- record US rest, where kind is 0 (not a failure), 1 (a failure) or 2 (a 412/409 with
--- If-Match), and rest (which holds US itself, so it comes last) is the timeline member, or
--- for kind 2 the member of the conflicts set `f` (its timeline member is `o US request_id`).
--- Returns one code per event: 0 stored, 1 duplicate, 2 duplicate of an undecided failure.
--- EXPIRE is the dearest call here: a resource's two keys get their TTL back only when the
--- stamp kept in `e` differs from the caller's, which changes every hundredth of the retention.
-local ttl, tcap, housekeep, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
-local STAMP = US .. 'ttl'
-local PATTERN = '^([^' .. US .. ']*)' .. US .. '([^' .. US .. ']*)' .. US .. '(.)' .. US
-  .. '([^' .. US .. ']*)' .. US .. '(.*)$'
-local ITEM = '[^' .. RS .. ']+'
-local out, n = {}, 0
+_TRIM = """
+-- KEYS: the `e` key of each resource a batch touched. ARGV: timeline_cap.
+-- Cuts each timeline (and its records and decisions) and conflicts set to the cap.
+local US = string.char(31)
+local tcap = tonumber(ARGV[1])
 for r = 1, #KEYS do
   local e = KEYS[r]
   local z, f = string.sub(e, 1, -2) .. 'z', string.sub(e, 1, -2) .. 'f'
-  local ids, times, failures, records, members = {}, {}, {}, {}, {}
-  for item in string.gmatch(ARGV[4 + r], ITEM) do
-    local j = #ids + 1
-    ids[j], times[j], failures[j], records[j], members[j] = string.match(item, PATTERN)
-  end
-  local seen = redis.call('HMGET', e, STAMP, unpack(ids))
-  local refresh = seen[1] ~= stamp
-  local eargs, zargs, fargs = {}, {}, {}
-  for j = 1, #ids do
-    if seen[j + 1] then
-      if failures[j] ~= '0' and redis.call('HEXISTS', e, 'c:' .. ids[j]) == 0 then
-        out[n + j] = 2
-      else
-        out[n + j] = 1
-      end
-    else
-      eargs[#eargs+1] = ids[j]; eargs[#eargs+1] = records[j]
-      zargs[#zargs+1] = times[j]
-      if failures[j] == '2' then
-        zargs[#zargs+1] = 'o' .. US .. ids[j]
-        fargs[#fargs+1] = times[j]; fargs[#fargs+1] = members[j]
-      else
-        zargs[#zargs+1] = members[j]
-      end
-      out[n + j] = 0
+  redis.call('ZREMRANGEBYRANK', f, 0, -(tcap + 1))
+  local extra = redis.call('ZCARD', z) - tcap
+  while extra > 0 do
+    local chunk = math.min(extra, 1000)
+    local old = redis.call('ZRANGE', z, 0, chunk - 1)
+    redis.call('ZREMRANGEBYRANK', z, 0, chunk - 1)
+    local gone = {}
+    for _, member in ipairs(old) do
+      local rid = string.match(member, '^.' .. US .. '([^' .. US .. ']*)')
+      gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid
     end
-  end
-  n = n + #ids
-  if #eargs > 0 then
-    if refresh then eargs[#eargs+1] = STAMP; eargs[#eargs+1] = stamp end
-    call_many('HSET', e, nil, eargs)
-    call_many('ZADD', z, nil, zargs)
-    if refresh then
-      redis.call('EXPIRE', e, ttl)
-      redis.call('EXPIRE', z, ttl)
-    end
-  end
-  if #fargs > 0 then
-    -- few resources get conflicts in a batch: the set may be new, so it always gets its TTL
-    call_many('ZADD', f, nil, fargs)
-    redis.call('EXPIRE', f, ttl)
-  end
-  if housekeep then
-    redis.call('ZREMRANGEBYRANK', f, 0, -(tcap + 1))
-    local extra = redis.call('ZCARD', z) - tcap
-    while extra > 0 do
-      local chunk = math.min(extra, 1000)
-      local old = redis.call('ZRANGE', z, 0, chunk - 1)
-      redis.call('ZREMRANGEBYRANK', z, 0, chunk - 1)
-      local gone = {}
-      for _, member in ipairs(old) do
-        local rid = string.match(member, '^.' .. US .. '([^' .. US .. ']*)')
-        gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid
-      end
-      redis.call('HDEL', e, unpack(gone))
-      extra = extra - chunk
-    end
+    redis.call('HDEL', e, unpack(gone))
+    extra = extra - chunk
   end
 end
-return out
+return 1
 """
-)
 
 _SERVICE = (
     _LIB
@@ -415,18 +360,15 @@ return out
 _DECIDE = """
 -- KEYS: the service's `i` key, then the `e` key of each failure. ARGV: ttl, then per failure
 -- request_id, decision, pending member, and '1' where the resource's record was gone (its key
--- may be too: give it back a TTL). Sets each decision unless one exists and ends the lease.
+-- may be too: HSETNX would create it without a TTL). Sets each decision unless one exists and
+-- ends the lease.
 -- Returns 1 where this call set the decision.
 local ttl = tonumber(ARGV[1])
 local out, done = {}, {}
 for k = 2, #KEYS do
   local j = 4 * (k - 2) + 1
   out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
-  if ARGV[j + 4] == '1' then
-    -- the key may be new: give it a TTL, and make the next ingest refresh `z`'s too
-    redis.call('HDEL', KEYS[k], string.char(31) .. 'ttl')
-    redis.call('EXPIRE', KEYS[k], ttl)
-  end
+  if ARGV[j + 4] == '1' then redis.call('EXPIRE', KEYS[k], ttl) end
   done[#done+1] = ARGV[j + 3]
 end
 for i = 1, #done, 1000 do
@@ -464,7 +406,7 @@ return out
 )
 
 _SCRIPTS = {
-    "ingest": _INGEST,
+    "trim": _TRIM,
     "service": _SERVICE,
     "claim": _CLAIM,
     "snapshot": _SNAPSHOT,
@@ -541,22 +483,9 @@ def _service_blobs(new: list[Event], touched: list[Event], formats: list[str]) -
     ]
 
 
-def _script_item(event: Event) -> str:
-    """The event as the ingest script takes it (see the script): request_id, ts, kind, record,
-    and its timeline member or, for a 412/409 with If-Match, its conflicts-set member."""
-    head = f"{event.request_id}{US}{event.ts!r}{US}"
-    if 200 <= event.status < 300 and event.current_etag:
-        return (
-            f"{head}0{US}{_record(event)}{US}w{US}{event.request_id}{US}{event.current_etag}"
-            f"{US}{event.client_id or ''}"
-        )
-    if event.status in (409, 412) and event.if_match:
-        return (
-            f"{head}2{US}{_record(event)}{US}{event.request_id}{US}{event.status}"
-            f"{US}{event.client_id or ''}{US}{event.if_match}"
-        )
-    kind = "1" if event.status in FAILURE_STATUSES else "0"
-    return f"{head}{kind}{US}{_record(event)}{US}o{US}{event.request_id}"
+def _conflict_member(event: Event) -> str:
+    """A 412/409 with If-Match as the conflicts set keeps it (see the module docstring)."""
+    return f"{event.request_id}{US}{event.status}{US}{event.client_id or ''}{US}{event.if_match}"
 
 
 def _needles(if_match: str) -> str:
@@ -584,6 +513,103 @@ class _PackInC:
         return [hiredis.pack_command(args)]
 
 
+class _BulkConnection:
+    """One connection that takes many plain commands in one write and reads every reply with
+    hiredis in C."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        options = self._options
+        if options.get("path"):
+            reader, writer = await asyncio.open_unix_connection(options["path"])
+        else:
+            reader, writer = await asyncio.open_connection(
+                options.get("host", "localhost"), options.get("port", 6379)
+            )
+        self._reader, self._writer = reader, writer
+        setup: list[tuple[Any, ...]] = []
+        password, user = options.get("password"), options.get("username")
+        if password:
+            setup.append(("AUTH", user, password) if user else ("AUTH", password))
+        if options.get("db"):
+            setup.append(("SELECT", options["db"]))
+        if setup:
+            _check(await self._exchange(setup))
+
+    async def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(b"".join([hiredis.pack_command(c) for c in commands]))
+        await self._writer.drain()
+        parser = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = await self._reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                replies.append(reply)
+                reply = parser.gets()
+        return replies
+
+    async def run(self, commands: Sequence[tuple[Any, ...]], timeout: float) -> list[Any]:
+        try:
+            if self._writer is None:
+                await asyncio.wait_for(self._connect(), timeout)
+            return _check(await asyncio.wait_for(self._exchange(commands), timeout))
+        except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            self.close()  # replies may be half read: start over on a new connection
+            raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
+        except StoreUnavailableError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+def _check(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise StoreUnavailableError(f"Redis answered: {reply}")
+    return replies
+
+
+class _Bulk:
+    """Plain commands by the thousand, bypassing redis-py's pipeline.
+
+    redis-py reads a pipeline's replies with one await each, which costs the collector more
+    than Redis spends running a small command, and a batch sends a command per event. Plain
+    TCP and Unix sockets only: TLS and the embedded fakeredis go through redis-py's pipeline.
+    A few connections let batches overlap; each carries one batch at a time.
+    """
+
+    def __init__(self, options: dict[str, Any], size: int = 4, timeout: float = 5.0) -> None:
+        self._timeout = timeout
+        self._idle: asyncio.Queue[_BulkConnection] = asyncio.Queue()
+        self._all = [_BulkConnection(options) for _ in range(size)]
+        for connection in self._all:
+            self._idle.put_nowait(connection)
+
+    async def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        connection = await self._idle.get()
+        try:
+            return await connection.run(commands, self._timeout)
+        finally:
+            self._idle.put_nowait(connection)
+
+    def close(self) -> None:
+        for connection in self._all:
+            connection.close()
+
+
 class Store:
     """Async access to the correlation state; raises StoreUnavailableError on Redis faults."""
 
@@ -606,6 +632,7 @@ class Store:
         self.embedded = embedded
         self._shas: dict[str, str] = {}
         self._batches = 0
+        self._bulk: _Bulk | None = None
         # Called with (operation, seconds, failed) after every round trip: Redis latency metrics.
         self.observer = observer
 
@@ -620,15 +647,21 @@ class Store:
             url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
         pool = client.connection_pool
+        plain = pool.connection_class in (aioredis.Connection, aioredis.UnixDomainSocketConnection)
         # The URL picked TCP, TLS or a Unix socket; keep that class, pack commands in C.
         pool.connection_class = type(
             "Packed" + pool.connection_class.__name__,
             (_PackInC, pool.connection_class),
             {},
         )
-        return cls(client, **options)
+        store = cls(client, **options)
+        if plain:
+            store._bulk = _Bulk(pool.connection_kwargs)
+        return store
 
     async def close(self) -> None:
+        if self._bulk is not None:
+            self._bulk.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -640,8 +673,9 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _load_scripts(self) -> None:
-        for name, source in _SCRIPTS.items():
-            self._shas[name] = await self.client.script_load(source)
+        # Filled aside and swapped in whole: a concurrent batch must never see half the names.
+        shas = {name: await self.client.script_load(source) for name, source in _SCRIPTS.items()}
+        self._shas = shas
 
     async def _pipeline(self, build: Any) -> list[Any]:
         """Run the commands `build(pipe, shas)` queues; reload scripts once if Redis forgot."""
@@ -666,7 +700,7 @@ class Store:
                 return list(await pipe.execute())
             except NoScriptError:
                 # Redis restarted and lost its script cache; every script is idempotent.
-                self._shas.clear()
+                self._shas = {}
                 if attempt == 2:
                     raise StoreUnavailableError("Redis keeps losing its scripts") from None
             except (RedisError, OSError) as exc:
@@ -679,6 +713,27 @@ class Store:
 
         return (await self._pipeline(build))[0]
 
+    async def _commands(self, operation: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands in one round trip: by `_Bulk` when it can, else by redis-py."""
+        started = time.perf_counter()
+        failed = True
+        try:
+            if self._bulk is not None:
+                replies = await self._bulk.run(commands)
+            else:
+                try:
+                    pipe = self.client.pipeline(transaction=False)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = list(await pipe.execute())
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
+            failed = False
+            return replies
+        finally:
+            if self.observer is not None:
+                self.observer(operation, time.perf_counter() - started, failed)
+
     # -- ingest -----------------------------------------------------------------------------
 
     async def ingest(
@@ -690,9 +745,11 @@ class Store:
     ) -> IngestResult:
         """Store a batch: dedupe, timelines, lineage, then pending failures and indexes.
 
-        Events are stored by the first script; a failure that was stored but never reached
-        the pending set (a fault between the two steps) is queued again when the shipper
-        retries, so nothing is lost and nothing counted twice.
+        Each event's record is set with HSETNX, which is the dedupe: the first copy of a
+        request id wins and later ones change nothing. Timeline and conflict members are added
+        with ZADD NX, so a retried event (same member) is a no-op there too, and one whose
+        first attempt died between the two is repaired. A failure that was stored but never
+        reached the pending set is queued again when the shipper retries.
         """
         if not events:
             return IngestResult([])
@@ -701,35 +758,65 @@ class Store:
         for index, event in enumerate(events):
             by_resource.setdefault((event.service, event.resource_id), []).append(index)
 
-        keys: list[str] = []
-        blobs: list[str] = []
-        order: list[int] = []
+        ttl = self.retention
+        commands: list[tuple[Any, ...]] = []
+        record_reply = [0] * len(events)  # where each event's HSETNX answer will be
+        record_keys: list[str] = []
         for (service, resource), indexes in by_resource.items():
-            key = resource_prefix(service, resource) + "e"
-            for start in range(0, len(indexes), MAX_EVENTS_PER_KEY):
-                chunk = indexes[start : start + MAX_EVENTS_PER_KEY]
-                keys.append(key)
-                blobs.append(RS.join([_script_item(events[index]) for index in chunk]))
-                order.extend(chunk)
+            prefix = resource_prefix(service, resource)
+            e = prefix + "e"
+            record_keys.append(e)
+            timeline: list[Any] = ["ZADD", prefix + "z", "NX"]
+            conflicts: list[Any] = ["ZADD", prefix + "f", "NX"]
+            for index in indexes:
+                event = events[index]
+                record_reply[index] = len(commands)
+                commands.append(("HSETNX", e, event.request_id, _record(event)))
+                ts = repr(event.ts)
+                if 200 <= event.status < 300 and event.current_etag:
+                    client = event.client_id or ""
+                    timeline += (ts, f"w{US}{event.request_id}{US}{event.current_etag}{US}{client}")
+                else:
+                    timeline += (ts, f"o{US}{event.request_id}")
+                    if event.status in (409, 412) and event.if_match:
+                        conflicts += (ts, _conflict_member(event))
+            commands += [tuple(timeline), ("EXPIRE", e, ttl), ("EXPIRE", prefix + "z", ttl)]
+            if len(conflicts) > 3:
+                commands += [tuple(conflicts), ("EXPIRE", prefix + "f", ttl)]
+        replies = await self._commands("ingest", commands)
+        stored = [bool(replies[at]) for at in record_reply]
+        requeue = await self._undecided_failures(events, stored)
+
         self._batches += 1
-        # Trimming costs a call or two per resource; every 32nd batch keeps the caps close
-        # (a resource overshoots by at most its events of 31 batches) for a quarter of the calls.
-        housekeep = "1" if self._batches % 32 == 1 else "0"
-        # TTLs are refreshed once per hundredth of the retention (see the script).
-        stamp = str(int(now // max(1, self.retention // 100)))
-        args = [self.retention, self.timeline_cap, housekeep, stamp, *blobs]
+        # Trimming costs a few calls per resource; every 32nd batch keeps the caps close
+        # (a resource overshoots by at most its events of 31 batches) at a fraction of that.
+        if self._batches % 32 == 1:
 
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            pipe.evalsha(shas["ingest"], len(keys), *keys, *args)
+            def trim(pipe: Any, shas: dict[str, str]) -> None:
+                pipe.evalsha(shas["trim"], len(record_keys), *record_keys, self.timeline_cap)
 
-        (codes,) = await self._pipeline(build)
-        stored = [False] * len(events)
-        requeue = [False] * len(events)
-        for index, code in zip(order, codes, strict=True):
-            stored[index] = code == 0
-            requeue[index] = code == 2
+            await self._pipeline(trim)
         await self._store_service_state(events, stored, requeue, now, formats)
         return IngestResult(stored)
+
+    async def _undecided_failures(self, events: Sequence[Event], stored: list[bool]) -> list[bool]:
+        """Which duplicates are failures still without a decision: their first copy may never
+        have reached the pending set, so they are queued again (the pending set ignores
+        members it has)."""
+        again = [False] * len(events)
+        retried = [i for i, event in enumerate(events) if not stored[i] and event.is_failure]
+        if retried:
+            checks = [
+                (
+                    "HEXISTS",
+                    resource_prefix(events[i].service, events[i].resource_id) + "e",
+                    "c:" + events[i].request_id,
+                )
+                for i in retried
+            ]
+            for index, decided in zip(retried, await self._commands("ingest", checks), strict=True):
+                again[index] = not decided
+        return again
 
     async def _store_service_state(
         self,

@@ -231,22 +231,15 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
     await store.close()
 
 
-async def test_resource_ttls_are_refreshed_once_per_hundredth_of_the_retention(
-    store: Store,
-) -> None:
-    """EXPIRE is skipped while the stamp is current, and both keys get it back together."""
+async def test_every_write_gives_a_resources_keys_their_ttl_back(store: Store) -> None:
+    """A resource written again keeps living a whole retention after its last write."""
     prefix = resource_prefix("shop", "o1")
-    step = store.retention // 100
-    base = (NOW // step) * step
-    await store.ingest([ev("a", base - 5, 200, current_etag='"1"')], base)
-    for key in ("e", "z"):
+    await store.ingest([ev("a", NOW - 5, 412, if_match='"0"')], NOW)
+    for key in ("e", "z", "f"):
         assert 0 < await store.client.ttl(prefix + key) <= store.retention
         await store.client.expire(prefix + key, 100)
-    await store.ingest([ev("b", base - 4, 200, current_etag='"2"')], base + step - 1)
-    for key in ("e", "z"):
-        assert 0 < await store.client.ttl(prefix + key) <= 100
-    await store.ingest([ev("c", base - 3, 200, current_etag='"3"')], base + step)
-    for key in ("e", "z"):
+    await store.ingest([ev("b", NOW - 4, 412, if_match='"0"')], NOW)
+    for key in ("e", "z", "f"):
         assert store.retention - 5 <= await store.client.ttl(prefix + key) <= store.retention
 
 
@@ -294,3 +287,12 @@ async def test_an_empty_if_match_tag_searches_every_write(store: Store) -> None:
     failure = PendingFailure("shop", "o1", "f1", NOW - 1, if_match='""')
     (context,) = await store.load_contexts([failure], window=300)
     assert [w.request_id for w in context.writes] == [f"w{i}" for i in range(5)]
+
+
+async def test_concurrent_first_batches_all_find_their_scripts(store: Store) -> None:
+    """Batches that arrive together on a fresh store all run, while its scripts load."""
+    import asyncio
+
+    batches = [[ev(f"r{i}", NOW - 5, 412, resource=f"o{i}", if_match='"0"')] for i in range(8)]
+    results = await asyncio.gather(*(store.ingest(batch, NOW) for batch in batches))
+    assert [r.stored for r in results] == [[True]] * 8
