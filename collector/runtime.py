@@ -11,8 +11,9 @@ from collector.logs import get_logger
 from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.settle import Settler
-from collector.store import Store
+from collector.store import Store, StoreUnavailableError
 from collector.tracker import DeployTracker
+from collector.worker import SettleWorker
 
 log = get_logger("collector")
 
@@ -58,10 +59,17 @@ class Collector:
             on_stored=self._stored,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # With a real Redis, settling runs in a worker process; the embedded one cannot be shared.
+        self.worker = (
+            SettleWorker(settings, self.settler)
+            if settings.settle_process and not self.store.embedded
+            else None
+        )
 
     def _stored(self, services: set[str]) -> None:
         """After every stored batch: the services' watermarks may have moved."""
-        self.settler.wake(services)
+        if self.worker is None:
+            self.settler.wake(services)
 
     def _observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
         self.metrics.redis_seconds.labels(operation).observe(seconds)
@@ -80,13 +88,30 @@ class Collector:
         self.metrics.redis_up.set(1 if up else 0)
         log.info("collector_started", redis_up=up, embedded=self.store.embedded)
         self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
-        self._tasks.append(
-            asyncio.create_task(
-                self.settler.run(self.settings.settle_interval_seconds), name="settle"
-            )
-        )
+        interval = self.settings.settle_interval_seconds
+        if self.worker is None:
+            self._tasks.append(asyncio.create_task(self.settler.run(interval), name="settle"))
+        else:
+            self.worker.start()
+            self._tasks.append(asyncio.create_task(self._oversee(interval), name="oversee"))
+
+    async def _oversee(self, interval: float) -> None:
+        """While a worker settles: keep it alive, judge deploys, export the backlog."""
+        assert self.worker is not None
+        while True:
+            await asyncio.sleep(interval)
+            self.worker.check()
+            try:
+                await self.deploys.judge_all()
+                self.metrics.pending.set(
+                    await self.store.pending_count(await self.store.services())
+                )
+            except StoreUnavailableError as exc:
+                log.warning("oversee_failed", error=str(exc))
 
     async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

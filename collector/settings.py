@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     settle_interval_seconds: float = Field(
         default=1.0, gt=0, le=60, description="How often idle services are checked for settling"
     )
+    settle_process: bool = Field(
+        default=True,
+        description="Settle in a separate, lower-priority process (with PW_REDIS_URL only)",
+    )
     timeline_max_events: int = Field(
         default=2000, ge=10, description="Events kept per resource timeline"
     )

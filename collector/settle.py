@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from collector.classify import (
     Cause,
@@ -67,6 +67,20 @@ def context_from_store(
     )
 
 
+class Counted(NamedTuple):
+    """What the metrics need of one decided failure: small enough to send between processes."""
+
+    service: str
+    route: str | None
+    method: str | None
+    status: int
+    cause: str
+    request_id: str
+    race_seconds: float | None
+    superseded_seconds: float | None
+    rewrites: tuple[str, ...]
+
+
 class Settler:
     """Claims due failures, classifies them and records the decisions exactly once."""
 
@@ -90,6 +104,8 @@ class Settler:
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
         self._series: dict[tuple[object, ...], Any] = {}
+        # Set in a settle worker: decided failures go to the serving process to be counted.
+        self.on_counted: Callable[[Counted], None] | None = None
         self._exemplar_at: dict[int, float] = {}
 
     def wake(self, services: Iterable[str]) -> None:
@@ -196,28 +212,39 @@ class Settler:
         return counted
 
     def _count(self, pending: PendingFailure, record: dict[str, Any], decision: Decision) -> None:
-        m = self.metrics
-        service = m.labels.service(pending.service)
-        route = m.labels.route(service, record.get("route"))
-        labels = (
-            service,
-            route,
-            m.labels.method(record.get("method")),
-            str(record["status"]),
-            str(decision.cause),
-        )
-        counter = self._series_of(m.failures, *labels)
-        counter.inc(1, exemplar=self._exemplar(counter, pending.request_id))
         evidence = decision.evidence
-        if decision.cause is Cause.CONCURRENT_WRITE and "race_seconds" in evidence:
-            race = self._series_of(m.race_seconds, service)
-            race.observe(
-                evidence["race_seconds"], exemplar=self._exemplar(race, pending.request_id)
-            )
+        race = evidence.get("race_seconds") if decision.cause is Cause.CONCURRENT_WRITE else None
         superseded = evidence.get("superseded_seconds_ago")
-        if isinstance(superseded, int | float):
-            self._series_of(m.staleness_seconds, service).observe(superseded)
-        for kind in evidence.get("rewrite", ()):
+        counted = Counted(
+            pending.service,
+            record.get("route"),
+            record.get("method"),
+            int(record["status"]),
+            str(decision.cause),
+            pending.request_id,
+            race if isinstance(race, int | float) else None,
+            superseded if isinstance(superseded, int | float) else None,
+            tuple(str(kind) for kind in evidence.get("rewrite", ())),
+        )
+        if self.on_counted is not None:
+            self.on_counted(counted)
+        else:
+            self.apply(counted)
+
+    def apply(self, counted: Counted) -> None:
+        """Count one decided failure in the metrics (here, or for a settle worker)."""
+        m = self.metrics
+        service = m.labels.service(counted.service)
+        route = m.labels.route(service, counted.route)
+        labels = (service, route, m.labels.method(counted.method), str(counted.status))
+        series = self._series_of(m.failures, *labels, counted.cause)
+        series.inc(1, exemplar=self._exemplar(series, counted.request_id))
+        if counted.race_seconds is not None:
+            race = self._series_of(m.race_seconds, service)
+            race.observe(counted.race_seconds, exemplar=self._exemplar(race, counted.request_id))
+        if counted.superseded_seconds is not None:
+            self._series_of(m.staleness_seconds, service).observe(counted.superseded_seconds)
+        for kind in counted.rewrites:
             m.rewrites.labels(service, kind).inc()
 
     def _exemplar(self, series: object, request_id: str) -> dict[str, str] | None:

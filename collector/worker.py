@@ -1,0 +1,128 @@
+"""The settle worker: settling in its own process, at a lower CPU priority than ingest.
+
+Ingest and classification both cost Python CPU, and one process has one core's worth. With
+Redis as the shared state, a second process settles while the first only ingests: a burst is
+stored at the rate one core parses it, and classified with what CPU is left (the OS gives the
+worker less while ingest is busy). The worker sends what it decided to the serving process,
+which counts it, so `/metrics` stays one scrape target with exemplars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+from multiprocessing.connection import Connection
+
+from prometheus_client import CollectorRegistry
+
+from collector.logs import configure_logging, get_logger
+from collector.metrics import Metrics
+from collector.settings import Settings
+from collector.settle import Counted, Settler
+from collector.store import Store
+
+log = get_logger("collector.worker")
+NICENESS = 10
+SEND_INTERVAL_SECONDS = 0.2
+
+
+def run(settings_json: str, conn: Connection) -> None:
+    """The worker process's entry point: settle until the serving process goes away."""
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level, settings.log_format)
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+    asyncio.run(_settle(settings, conn, os.getppid()))
+
+
+async def _settle(settings: Settings, conn: Connection, parent: int) -> None:
+    store = Store.from_url(
+        settings.redis_url,
+        retention_seconds=settings.retention_seconds,
+        timeline_max_events=settings.timeline_max_events,
+        lineage_max_writes=settings.lineage_max_writes,
+    )
+    # Its own registry: nothing scrapes it; what counts goes to the parent.
+    settler = Settler(
+        store,
+        Metrics(CollectorRegistry()),
+        window=settings.concurrency_window_seconds,
+        lateness=settings.allowed_lateness_seconds,
+    )
+    decided: list[Counted] = []
+    settler.on_counted = decided.append
+    task = asyncio.create_task(settler.run(settings.settle_interval_seconds))
+    try:
+        while os.getppid() == parent and not task.done():
+            await asyncio.sleep(SEND_INTERVAL_SECONDS)
+            if decided:
+                batch, decided[:] = list(decided), []
+                conn.send(batch)
+    except (BrokenPipeError, EOFError, OSError) as exc:
+        log.warning("settle_worker_exiting", error=repr(exc))  # the serving process is gone
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await store.close()
+
+
+class SettleWorker:
+    """The serving process's handle on its worker: start, receive counts, restart, stop."""
+
+    def __init__(self, settings: Settings, settler: Settler) -> None:
+        self.settings = settings
+        self.settler = settler
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        receiving, sending = context.Pipe(duplex=False)
+        process = context.Process(
+            target=run,
+            args=(self.settings.model_dump_json(), sending),
+            name="precondition-watch-settle",
+            daemon=True,
+        )
+        process.start()
+        sending.close()
+        self.process, self._conn = process, receiving
+        asyncio.get_running_loop().add_reader(receiving.fileno(), self._receive)
+        log.info("settle_worker_started", pid=process.pid)
+
+    def _receive(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            # The event loop made the pipe non-blocking; a message bigger than the pipe's buffer
+            # must be read whole (the worker is writing the rest right now).
+            os.set_blocking(conn.fileno(), True)
+            while conn.poll():
+                for counted in conn.recv():
+                    self.settler.apply(Counted(*counted))
+        except (EOFError, OSError):
+            self._close_pipe()  # the worker died; `check` starts another
+
+    def _close_pipe(self) -> None:
+        if self._conn is not None:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn = None
+
+    def check(self) -> None:
+        """Start a new worker if the last one died (its leased failures are claimed again)."""
+        if self.process is not None and not self.process.is_alive():
+            log.warning("settle_worker_died", exitcode=self.process.exitcode)
+            self._close_pipe()
+            self.start()
+
+    def stop(self) -> None:
+        self._close_pipe()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.join(timeout=5)
+            self.process = None
