@@ -749,7 +749,9 @@ class Store:
         request id wins and later ones change nothing. Timeline and conflict members are added
         with ZADD NX, so a retried event (same member) is a no-op there too, and one whose
         first attempt died between the two is repaired. A failure that was stored but never
-        reached the pending set is queued again when the shipper retries.
+        reached the pending set is queued again when the shipper retries. (A request id that a
+        service reuses for a different event keeps its first record, but the second event's
+        own timeline member is added: the price of a single round trip.)
         """
         if not events:
             return IngestResult([])
