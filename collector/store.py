@@ -39,9 +39,10 @@ Index buckets are 15 minutes of receive time and expire `retention` after their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -538,7 +539,11 @@ class _BulkConnection:
         if options.get("db"):
             setup.append(("SELECT", options["db"]))
         if setup:
-            _check(await self._exchange(setup))
+            try:
+                _check(await self._exchange(setup))
+            except StoreUnavailableError:
+                self.close()  # not authenticated: never use this connection
+                raise
 
     async def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         assert self._reader is not None and self._writer is not None
@@ -561,13 +566,11 @@ class _BulkConnection:
         try:
             if self._writer is None:
                 await asyncio.wait_for(self._connect(), timeout)
-            return _check(await asyncio.wait_for(self._exchange(commands), timeout))
+            replies = await asyncio.wait_for(self._exchange(commands), timeout)
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
             self.close()  # replies may be half read: start over on a new connection
             raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
-        except StoreUnavailableError:
-            self.close()
-            raise
+        return _check(replies)  # every reply was read: the connection stays usable
 
     def close(self) -> None:
         if self._writer is not None:
@@ -677,18 +680,22 @@ class Store:
         shas = {name: await self.client.script_load(source) for name, source in _SCRIPTS.items()}
         self._shas = shas
 
-    async def _pipeline(self, build: Any) -> list[Any]:
-        """Run the commands `build(pipe, shas)` queues; reload scripts once if Redis forgot."""
-        operation = build.__qualname__.split(".")[1].lstrip("_")  # the Store method's name
+    @contextlib.contextmanager
+    def _observed(self, operation: str) -> Iterator[None]:
+        """Time one round trip for the Redis latency metrics, failed or not."""
         started = time.perf_counter()
         failed = True
         try:
-            replies = await self._execute(build)
+            yield
             failed = False
-            return replies
         finally:
             if self.observer is not None:
                 self.observer(operation, time.perf_counter() - started, failed)
+
+    async def _pipeline(self, build: Any) -> list[Any]:
+        """Run the commands `build(pipe, shas)` queues; reload scripts once if Redis forgot."""
+        with self._observed(build.__qualname__.split(".")[1].lstrip("_")):  # the method's name
+            return await self._execute(build)
 
     async def _execute(self, build: Any) -> list[Any]:
         for attempt in (1, 2):
@@ -715,24 +722,15 @@ class Store:
 
     async def _commands(self, operation: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Plain commands in one round trip: by `_Bulk` when it can, else by redis-py."""
-        started = time.perf_counter()
-        failed = True
-        try:
+
+        def build(pipe: Any, _: dict[str, str]) -> None:
+            for command in commands:
+                pipe.execute_command(*command)
+
+        with self._observed(operation):
             if self._bulk is not None:
-                replies = await self._bulk.run(commands)
-            else:
-                try:
-                    pipe = self.client.pipeline(transaction=False)
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = list(await pipe.execute())
-                except (RedisError, OSError) as exc:
-                    raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
-            failed = False
-            return replies
-        finally:
-            if self.observer is not None:
-                self.observer(operation, time.perf_counter() - started, failed)
+                return await self._bulk.run(commands)
+            return await self._execute(build)
 
     # -- ingest -----------------------------------------------------------------------------
 

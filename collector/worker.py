@@ -103,7 +103,7 @@ class SettleWorker:
             os.set_blocking(conn.fileno(), True)
             while conn.poll():
                 for counted in conn.recv():
-                    self.settler.apply(Counted(*counted))
+                    self.settler.apply(counted)
         except (EOFError, OSError):
             self._close_pipe()  # the worker died; `check` starts another
 
