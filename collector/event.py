@@ -215,17 +215,6 @@ def _preview(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# Text fields in Event order after the four the constructor takes first.
-_TEXT_FIELDS = (
-    "route",
-    "method",
-    "if_match",
-    "if_none_match",
-    "current_etag",
-    "client_id",
-    "deploy_version",
-    "reason",
-)
 # Names that only an alias lookup can read: the other aliases, and the first part of the
 # dotted ones (their nested form). An event with none of them needs no alias search.
 _ALIAS_KEYS = frozenset(
@@ -236,9 +225,22 @@ _ALIAS_KEYS = frozenset(
 ) - {"service"}
 
 
+# The text fields, in the order `_parse_canonical` unpacks them (Event's order after `status`).
 _PLAIN_FIELDS = tuple(
     (name, MAX_LENGTH[name], name in ("if_match", "if_none_match"))
-    for name in ("request_id", "service", "resource_id", *_TEXT_FIELDS)
+    for name in (
+        "request_id",
+        "service",
+        "resource_id",
+        "route",
+        "method",
+        "if_match",
+        "if_none_match",
+        "current_etag",
+        "client_id",
+        "deploy_version",
+        "reason",
+    )
 )
 
 
