@@ -563,14 +563,14 @@ class _BulkConnection:
         return replies
 
     async def run(self, commands: Sequence[tuple[Any, ...]], timeout: float) -> list[Any]:
+        """Every reply, error replies included: each was read, so the connection stays usable."""
         try:
             if self._writer is None:
                 await asyncio.wait_for(self._connect(), timeout)
-            replies = await asyncio.wait_for(self._exchange(commands), timeout)
+            return await asyncio.wait_for(self._exchange(commands), timeout)
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
             self.close()  # replies may be half read: start over on a new connection
             raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
-        return _check(replies)  # every reply was read: the connection stays usable
 
     def close(self) -> None:
         if self._writer is not None:
@@ -583,6 +583,13 @@ def _check(replies: list[Any]) -> list[Any]:
         if isinstance(reply, hiredis.ReplyError):
             raise StoreUnavailableError(f"Redis answered: {reply}")
     return replies
+
+
+def _forgot_a_script(replies: list[Any]) -> bool:
+    return any(
+        isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+        for reply in replies
+    )
 
 
 class _Bulk:
@@ -676,9 +683,11 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _load_scripts(self) -> None:
-        # Filled aside and swapped in whole: a concurrent batch must never see half the names.
-        shas = {name: await self.client.script_load(source) for name, source in _SCRIPTS.items()}
-        self._shas = shas
+        """Load the scripts unless loaded; raises RedisError."""
+        if not self._shas:
+            # Filled aside and swapped in whole: a concurrent batch must never see half the names.
+            shas = {name: await self.client.script_load(s) for name, s in _SCRIPTS.items()}
+            self._shas = shas
 
     @contextlib.contextmanager
     def _observed(self, operation: str) -> Iterator[None]:
@@ -700,8 +709,7 @@ class Store:
     async def _execute(self, build: Any) -> list[Any]:
         for attempt in (1, 2):
             try:
-                if not self._shas:
-                    await self._load_scripts()
+                await self._load_scripts()
                 pipe = self.client.pipeline(transaction=False)
                 build(pipe, self._shas)
                 return list(await pipe.execute())
@@ -720,17 +728,39 @@ class Store:
 
         return (await self._pipeline(build))[0]
 
-    async def _commands(self, operation: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Plain commands in one round trip: by `_Bulk` when it can, else by redis-py."""
+    async def _commands(
+        self, operation: str, commands: Sequence[tuple[Any, ...]], *, scripts: bool = False
+    ) -> list[Any]:
+        """Commands in one round trip: by `_Bulk` when it can, else by redis-py.
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            for command in commands:
+        With `scripts`, a command may call one of this module's scripts by name,
+        `("EVALSHA", "claim", numkeys, ...)`; the name is swapped for its SHA here, and the
+        scripts are loaded again if Redis forgot them (each one is idempotent).
+        """
+
+        def resolved(shas: dict[str, str]) -> Sequence[tuple[Any, ...]]:
+            if not scripts:
+                return commands
+            return [(c[0], shas[c[1]], *c[2:]) if c[0] == "EVALSHA" else c for c in commands]
+
+        def build(pipe: Any, shas: dict[str, str]) -> None:
+            for command in resolved(shas):
                 pipe.execute_command(*command)
 
         with self._observed(operation):
-            if self._bulk is not None:
-                return await self._bulk.run(commands)
-            return await self._execute(build)
+            if self._bulk is None:
+                return await self._execute(build)
+            for _ in (1, 2):
+                if scripts:
+                    try:
+                        await self._load_scripts()
+                    except (RedisError, OSError) as exc:
+                        raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
+                replies = await self._bulk.run(resolved(self._shas))
+                if not (scripts and _forgot_a_script(replies)):
+                    return _check(replies)
+                self._shas = {}
+            raise StoreUnavailableError("Redis keeps losing its scripts")
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -791,11 +821,8 @@ class Store:
         # Trimming costs a few calls per resource; every 32nd batch keeps the caps close
         # (a resource overshoots by at most its events of 31 batches) at a fraction of that.
         if self._batches % 32 == 1:
-
-            def trim(pipe: Any, shas: dict[str, str]) -> None:
-                pipe.evalsha(shas["trim"], len(record_keys), *record_keys, self.timeline_cap)
-
-            await self._pipeline(trim)
+            trim = ("EVALSHA", "trim", len(record_keys), *record_keys, self.timeline_cap)
+            await self._commands("trim", [trim], scripts=True)
         await self._store_service_state(events, stored, requeue, now, formats)
         return IngestResult(stored)
 
@@ -843,21 +870,20 @@ class Store:
         bucket = int(now // INDEX_BUCKET_SECONDS)
         # A bucket expires `retention` after it began: no entry outlives the retention.
         bucket_ttl = max(1, bucket * INDEX_BUCKET_SECONDS + self.retention - int(now))
-        calls = []
+        commands: list[tuple[Any, ...]] = []
         for service, mine in touched.items():
             newest = repr(max(e.ts for e in mine))
             blobs = _service_blobs(new.get(service, []), mine, format_items.get(service, []))
-            args = [now_ms, self.retention, newest, bucket, bucket_ttl, *blobs]
-            calls.append((service_prefix(service) + "p", args))
-
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            for key, args in calls:
-                pipe.evalsha(shas["service"], 1, key, *args)
-            pipe.zadd(SERVICES_KEY, dict.fromkeys(touched, now_ms))
-            pipe.zremrangebyscore(SERVICES_KEY, "-inf", now_ms - self.retention * 1000)
-            pipe.expire(SERVICES_KEY, self.retention)
-
-        await self._pipeline(build)
+            key = service_prefix(service) + "p"
+            args = (now_ms, self.retention, newest, bucket, bucket_ttl, *blobs)
+            commands.append(("EVALSHA", "service", 1, key, *args))
+        seen = [x for service in touched for x in (now_ms, service)]
+        commands += [
+            ("ZADD", SERVICES_KEY, *seen),
+            ("ZREMRANGEBYSCORE", SERVICES_KEY, "-inf", now_ms - self.retention * 1000),
+            ("EXPIRE", SERVICES_KEY, self.retention),
+        ]
+        await self._commands("store_service_state", commands, scripts=True)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -880,10 +906,8 @@ class Store:
         args: list[Any] = [int(now * 1000), lateness, lateness, int(lease_seconds * 1000), limit]
         args += ["1" if force else "0", self.retention]
 
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            pipe.evalsha(shas["claim"], 1, service_prefix(service) + "p", *args)
-
-        (members,) = await self._pipeline(build)
+        claim = ("EVALSHA", "claim", 1, service_prefix(service) + "p", *args)
+        (members,) = await self._commands("claim_due", [claim], scripts=True)
         claimed = []
         for raw in members:
             ts, resource, request_id, if_match, client = raw.decode().split(US)
@@ -905,10 +929,8 @@ class Store:
             args += [failure.request_id, repr(failure.ts), failure.client_id]
             args.append(_needles(failure.if_match))
 
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            pipe.evalsha(shas["snapshot"], len(keys), *keys, *args)
-
-        (replies,) = await self._pipeline(build)
+        snapshot = ("EVALSHA", "snapshot", len(keys), *keys, *args)
+        (replies,) = await self._commands("load_contexts", [snapshot], scripts=True)
         contexts = []
         for failure, (rec, decided, writes_raw, prior_raw) in zip(failures, replies, strict=True):
             writes = []
@@ -982,7 +1004,7 @@ class Store:
         by_service: dict[str, list[int]] = {}
         for index, (failure, _) in enumerate(decisions):
             by_service.setdefault(failure.service, []).append(index)
-        calls = []
+        calls: list[tuple[Any, ...]] = []
         for service, indexes in by_service.items():
             keys = [service_prefix(service) + "i"]
             args: list[Any] = [self.retention]
@@ -991,14 +1013,11 @@ class Store:
                 keys.append(resource_prefix(service, failure.resource_id) + "e")
                 args += [failure.request_id, orjson.dumps(decision), failure.member]
                 args.append("1" if index < len(gone) and gone[index] else "0")
-            calls.append((keys, args))
-
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            for keys, args in calls:
-                pipe.evalsha(shas["decide"], len(keys), *keys, *args)
+            calls.append(("EVALSHA", "decide", len(keys), *keys, *args))
 
         kept = [False] * len(decisions)
-        for indexes, flags in zip(by_service.values(), await self._pipeline(build), strict=True):
+        replies = await self._commands("record_decisions", calls, scripts=True)
+        for indexes, flags in zip(by_service.values(), replies, strict=True):
             for index, flag in zip(indexes, flags, strict=True):
                 kept[index] = bool(flag)
         return kept
@@ -1008,13 +1027,11 @@ class Store:
         if not counts:
             return
         sp = service_prefix(service)
-
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            for (minute, cause), n in counts.items():
-                pipe.hincrby(f"{sp}n:{minute}", f"c:{cause}", n)
-                pipe.expire(f"{sp}n:{minute}", self.retention)
-
-        await self._pipeline(build)
+        commands: list[tuple[Any, ...]] = []
+        for (minute, cause), n in counts.items():
+            commands.append(("HINCRBY", f"{sp}n:{minute}", f"c:{cause}", n))
+            commands.append(("EXPIRE", f"{sp}n:{minute}", self.retention))
+        await self._commands("count_failures", commands)
 
     async def minute_counts(
         self, service: str, first_minute: int, last_minute: int

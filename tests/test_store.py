@@ -296,3 +296,18 @@ async def test_concurrent_first_batches_all_find_their_scripts(store: Store) -> 
     batches = [[ev(f"r{i}", NOW - 5, 412, resource=f"o{i}", if_match='"0"')] for i in range(8)]
     results = await asyncio.gather(*(store.ingest(batch, NOW) for batch in batches))
     assert [r.stored for r in results] == [[True]] * 8
+
+
+async def test_scripts_forgotten_by_redis_are_loaded_again(store: Store) -> None:
+    """After a restart Redis has no scripts: the next batch, claim and decision still run."""
+    await store.ingest([ev("r1", NOW - 50, 412, if_match='"0"')], NOW)
+    await store.client.script_flush()
+    await store.ingest([ev("r2", NOW - 40, 412, if_match='"0"')], NOW)
+    await store.client.script_flush()
+    claimed = await store.claim_due("shop", lateness=5, now=NOW, force=True)
+    assert sorted(f.request_id for f in claimed) == ["r1", "r2"]
+    await store.client.script_flush()
+    assert await store.record_decisions([(f, {"cause": "unknown"}) for f in claimed]) == [
+        True,
+        True,
+    ]
