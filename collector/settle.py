@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from collector.classify import (
@@ -79,6 +80,48 @@ class Counted(NamedTuple):
     race_seconds: float | None
     superseded_seconds: float | None
     rewrites: tuple[str, ...]
+
+
+GroupKey = tuple[str, str | None, str | None, int, str, tuple[str, ...]]
+
+
+@dataclass(slots=True)
+class Group:
+    """Decided failures that share their labels: how many, the newest one's request id (the
+    exemplar), and their histogram values."""
+
+    count: int
+    request_id: str
+    race_seconds: list[float]
+    superseded_seconds: list[float]
+
+
+class Tally:
+    """Decided failures summed by label set: what a settle worker sends the serving process,
+    one message per interval however many failures it decided."""
+
+    def __init__(self) -> None:
+        self.groups: dict[GroupKey, Group] = {}
+
+    def add(self, counted: Counted) -> None:
+        key = _key_of(counted)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(0, counted.request_id, [], [])
+        group.count += 1
+        group.request_id = counted.request_id
+        if counted.race_seconds is not None:
+            group.race_seconds.append(counted.race_seconds)
+        if counted.superseded_seconds is not None:
+            group.superseded_seconds.append(counted.superseded_seconds)
+
+    def take(self) -> dict[GroupKey, Group]:
+        groups, self.groups = self.groups, {}
+        return groups
+
+
+def _key_of(c: Counted) -> GroupKey:
+    return (c.service, c.route, c.method, c.status, c.cause, c.rewrites)
 
 
 class Settler:
@@ -232,20 +275,35 @@ class Settler:
             self.apply(counted)
 
     def apply(self, counted: Counted) -> None:
-        """Count one decided failure in the metrics (here, or for a settle worker)."""
+        """Count one decided failure in the metrics."""
+        race, superseded = counted.race_seconds, counted.superseded_seconds
+        group = Group(
+            1,
+            counted.request_id,
+            [] if race is None else [race],
+            [] if superseded is None else [superseded],
+        )
+        self.apply_group(_key_of(counted), group)
+
+    def apply_group(self, key: GroupKey, group: Group) -> None:
+        """Count decided failures that share their labels (here, or for a settle worker)."""
+        service_name, route_name, method, status, cause, rewrites = key
         m = self.metrics
-        service = m.labels.service(counted.service)
-        route = m.labels.route(service, counted.route)
-        labels = (service, route, m.labels.method(counted.method), str(counted.status))
-        series = self._series_of(m.failures, *labels, counted.cause)
-        series.inc(1, exemplar=self._exemplar(series, counted.request_id))
-        if counted.race_seconds is not None:
+        service = m.labels.service(service_name)
+        route = m.labels.route(service, route_name)
+        labels = (service, route, m.labels.method(method), str(status))
+        series = self._series_of(m.failures, *labels, cause)
+        series.inc(group.count, exemplar=self._exemplar(series, group.request_id))
+        if group.race_seconds:
             race = self._series_of(m.race_seconds, service)
-            race.observe(counted.race_seconds, exemplar=self._exemplar(race, counted.request_id))
-        if counted.superseded_seconds is not None:
-            self._series_of(m.staleness_seconds, service).observe(counted.superseded_seconds)
-        for kind in counted.rewrites:
-            m.rewrites.labels(service, kind).inc()
+            for seconds in group.race_seconds:
+                race.observe(seconds, exemplar=self._exemplar(race, group.request_id))
+        if group.superseded_seconds:
+            staleness = self._series_of(m.staleness_seconds, service)
+            for seconds in group.superseded_seconds:
+                staleness.observe(seconds)
+        for kind in rewrites:
+            m.rewrites.labels(service, kind).inc(group.count)
 
     def _exemplar(self, series: object, request_id: str) -> dict[str, str] | None:
         """A `request_id` exemplar at most once a second per series: a scrape keeps only the

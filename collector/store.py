@@ -564,6 +564,8 @@ class _BulkConnection:
 
     async def run(self, commands: Sequence[tuple[Any, ...]], timeout: float) -> list[Any]:
         """Every reply, error replies included: each was read, so the connection stays usable."""
+        if self._reader is not None and self._reader.at_eof():
+            self.close()  # Redis closed it while it sat idle (a restart): never send on it
         try:
             if self._writer is None:
                 await asyncio.wait_for(self._connect(), timeout)

@@ -3,8 +3,8 @@
 Ingest and classification both cost Python CPU, and one process has one core's worth. With
 Redis as the shared state, a second process settles while the first only ingests: a burst is
 stored at the rate one core parses it, and classified with what CPU is left (the OS gives the
-worker less while ingest is busy). The worker sends what it decided to the serving process,
-which counts it, so `/metrics` stays one scrape target with exemplars.
+worker less while ingest is busy). The worker sends what it decided, summed by label set, to the
+serving process, which counts it, so `/metrics` stays one scrape target with exemplars.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import multiprocessing
 import os
 from multiprocessing.connection import Connection
 
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from collector.logs import configure_logging, get_logger
 from collector.metrics import Metrics
 from collector.settings import Settings
-from collector.settle import Counted, Settler
+from collector.settle import Settler, Tally
 from collector.store import Store
 
 log = get_logger("collector.worker")
@@ -34,7 +35,8 @@ def run(settings_json: str, conn: Connection) -> None:
     configure_logging(settings.log_level, settings.log_format)
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    asyncio.run(_settle(settings, conn, os.getppid()))
+    # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C.
+    uvloop.run(_settle(settings, conn, os.getppid()))
 
 
 async def _settle(settings: Settings, conn: Connection, parent: int) -> None:
@@ -51,15 +53,14 @@ async def _settle(settings: Settings, conn: Connection, parent: int) -> None:
         window=settings.concurrency_window_seconds,
         lateness=settings.allowed_lateness_seconds,
     )
-    decided: list[Counted] = []
-    settler.on_counted = decided.append
+    tally = Tally()
+    settler.on_counted = tally.add
     task = asyncio.create_task(settler.run(settings.settle_interval_seconds))
     try:
         while os.getppid() == parent and not task.done():
             await asyncio.sleep(SEND_INTERVAL_SECONDS)
-            if decided:
-                batch, decided[:] = list(decided), []
-                conn.send(batch)
+            if tally.groups:
+                conn.send(tally.take())
     except (BrokenPipeError, EOFError, OSError) as exc:
         log.warning("settle_worker_exiting", error=repr(exc))  # the serving process is gone
     finally:
@@ -102,8 +103,8 @@ class SettleWorker:
             # must be read whole (the worker is writing the rest right now).
             os.set_blocking(conn.fileno(), True)
             while conn.poll():
-                for counted in conn.recv():
-                    self.settler.apply(counted)
+                for key, group in conn.recv().items():
+                    self.settler.apply_group(key, group)
         except (EOFError, OSError):
             self._close_pipe()  # the worker died; `check` starts another
 

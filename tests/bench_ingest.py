@@ -71,9 +71,9 @@ def realistic_events(count: int, seed: int = 1) -> list[bytes]:
     return lines
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process and its live children (the settle worker) have
-    used so far."""
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User plus system CPU time a process, and unless told otherwise its live children (the
+    settle worker), have used so far."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -83,7 +83,7 @@ def cpu_seconds(pid: int) -> float:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        if int(entry) == pid or int(fields[1]) == pid:
+        if int(entry) == pid or (children and int(fields[1]) == pid):
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -218,11 +218,13 @@ def main() -> int:
         assert redis_server.process is not None
         pids = (collector.pid, redis_server.process.pid)
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}
+        serving_before = cpu_seconds(collector.pid, children=False)
         client_before = time.process_time()
         started = time.perf_counter()
         latencies, accepted = asyncio.run(post_batches(port, bodies, args.concurrency))
         elapsed = time.perf_counter() - started
         cpu = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
+        serving = cpu_seconds(collector.pid, children=False) - serving_before
         client_cpu = time.process_time() - client_before
         settled_during = failures_counted(base)
         latencies.sort()
@@ -233,7 +235,8 @@ def main() -> int:
         print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         print(f"collector peak RSS: {peak_rss_mib(collector.pid):.0f} MiB")
         print(
-            f"CPU while sending:  collector {cpu[0]:.1f} s, redis-server {cpu[1]:.1f} s, "
+            f"CPU while sending:  collector {cpu[0]:.1f} s (serving {serving:.1f} s, "
+            f"settle worker {cpu[0] - serving:.1f} s), redis-server {cpu[1]:.1f} s, "
             f"this client {client_cpu:.1f} s"
         )
         print(f"settled meanwhile:  {settled_during:.0f} of {failures} failures", flush=True)

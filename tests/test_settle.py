@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.event import Event
 from collector.metrics import Metrics
-from collector.settle import Settler
+from collector.settle import Counted, Settler, Tally
 from collector.store import Store
 from tests.conftest import failures_in, make_store
 
@@ -158,3 +158,38 @@ async def test_a_failing_service_does_not_leave_other_lanes_running() -> None:
     with pytest.raises(StoreUnavailableError):
         await settler.settle_all()
     assert sorted(finished) == ["slow-1", "slow-2"]
+
+
+def test_a_tally_counts_what_each_failure_would() -> None:
+    """The worker's summed message leaves /metrics as counting each failure would."""
+    decided = [
+        Counted("shop", "/o", "PUT", 412, "concurrent_write", "r1", 0.2, None, ()),
+        Counted("shop", "/o", "PUT", 412, "concurrent_write", "r2", 0.7, None, ()),
+        Counted("shop", "/o", "PUT", 412, "stale_read", "r3", None, 30.0, ()),
+        Counted("shop", None, None, 412, "proxy_rewrite", "r4", None, None, ("suffix",)),
+        Counted("cart", "/c", "PATCH", 409, "stale_read", "r5", None, 4.0, ()),
+    ]
+    one_by_one, summed = CollectorRegistry(), CollectorRegistry()
+    store = make_store("fake")
+    each = Settler(store, Metrics(one_by_one), window=5, lateness=0)
+    for counted in decided:
+        each.apply(counted)
+    tally = Tally()
+    for counted in decided:
+        tally.add(counted)
+    groups = tally.take()
+    assert len(groups) == 4 and tally.groups == {}
+    together = Settler(store, Metrics(summed), window=5, lateness=0)
+    for key, group in groups.items():
+        together.apply_group(key, group)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[object, ...], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(summed) == samples(one_by_one)
+    assert failures_in(summed) == 5
