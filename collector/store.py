@@ -4,12 +4,13 @@ The only module that imports `redis`. Keys of one resource share the hash tag
 `{service:resource}` and keys of one service share `{service}`. A batch's events are written
 with plain commands sent together: HSETNX of each record (the dedupe), ZADD NX of the timeline
 and conflict members, EXPIRE of the keys. Each is idempotent, so a retried batch changes
-nothing that is already there and repairs what its first attempt did not reach. The
-per-service scripts take one service's keys; the trim and settling scripts take the resources
-of a whole batch in one call, which a standalone Redis (or one primary) accepts; on Redis
-Cluster they would have to be called once per slot, which this store does not do yet. Every
-key has a TTL of at most `retention_seconds`, refreshed when written; the sets inside are
-capped.
+nothing that is already there and repairs what its first attempt did not reach. A second
+round trip then writes what the newly stored events add to their service: pending failures,
+indexes, counts. The per-service scripts take one service's keys; the trim and settling
+scripts take the resources of a whole batch in one call, which a standalone Redis (or one
+primary) accepts; on Redis Cluster they would have to be called once per slot, which this
+store does not do yet. Every key has a TTL of at most `retention_seconds`, refreshed when
+written; the sets inside are capped.
 
 Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
                                      is a duplicate; `c:<request_id>` -> decision (JSON), set once
@@ -109,10 +110,9 @@ def _record(event: Event) -> str:
 
 # Scripts get one declared key per resource (its `e`) or service (its `p`) and derive the
 # sibling keys by suffix: they share the hash tag, so they live in the same cluster slot.
-# Items travel as blob arguments (RS between items, US between fields), one per resource or
-# index: encoding a few large arguments costs a fraction of encoding thousands of small ones.
-# Redis's cost is the calls a script makes and the keys they touch, so a resource's events
-# share each call, and a service's go in one script per batch.
+# Items travel as blob arguments (RS between items, US between fields): encoding a few large
+# arguments costs a fraction of encoding thousands of small ones. Writing a batch takes no
+# script at all: in Redis 7.0 a script call costs more than the plain commands it would run.
 _LIB = """
 local RS, US = string.char(30), string.char(31)
 local function split(s, sep)
@@ -121,30 +121,6 @@ local function split(s, sep)
   if s == nil or s == '' then return out end
   for item in string.gmatch(s .. sep, '([^' .. sep .. ']*)' .. sep) do out[#out+1] = item end
   return out
-end
-local function fields(blob, count)
-  -- items of `count` US-separated fields, RS between items, as one flat list
-  local out = {}
-  if blob == nil or blob == '' then return out end
-  local pattern = string.rep('([^' .. US .. RS .. ']*)' .. US, count - 1)
-    .. '([^' .. RS .. ']*)' .. RS
-  for a, b, c in string.gmatch(blob .. RS, pattern) do
-    out[#out+1] = a; out[#out+1] = b
-    if c then out[#out+1] = c end
-  end
-  return out
-end
-local function call_many(cmd, key, opt, args)
-  -- one command with many arguments, in chunks unpack() can take
-  for i = 1, #args, 2000 do
-    local chunk = {}
-    for j = i, math.min(i + 1999, #args) do chunk[#chunk+1] = args[j] end
-    if opt then
-      redis.call(cmd, key, opt, unpack(chunk))
-    else
-      redis.call(cmd, key, unpack(chunk))
-    end
-  end
 end
 """
 
@@ -173,70 +149,6 @@ for r = 1, #KEYS do
 end
 return 1
 """
-
-_SERVICE = (
-    _LIB
-    + """
--- KEYS: the service's `p` key. ARGV: now_ms, ttl, newest_ts, bucket, bucket_ttl, then blobs
--- (RS between items, US between fields): request index (request_id, resource), ETag index
--- (etag, resource), pending (ts, member), versions (ts, version), formats (ts, member),
--- conflicts (minute, resource, count), requests (minute, count).
-local base = string.sub(KEYS[1], 1, -2)
-local p, m, v, f = KEYS[1], base .. 'm', base .. 'v', base .. 'f'
-local ttl, bucket_ttl = ARGV[2], ARGV[5]
-local q, x = base .. 'q:' .. ARGV[4], base .. 'x:' .. ARGV[4]
-local qargs, xargs = fields(ARGV[6], 2), fields(ARGV[7], 2)
-if #qargs > 0 then call_many('HSET', q, nil, qargs); redis.call('EXPIRE', q, bucket_ttl) end
-if #xargs > 0 then call_many('HSET', x, nil, xargs); redis.call('EXPIRE', x, bucket_ttl) end
-local pargs = {}
-for item in string.gmatch(ARGV[8], '[^' .. RS .. ']+') do
-  pargs[#pargs+1] = string.match(item, '^[^' .. US .. ']*')
-  pargs[#pargs+1] = item
-end
-if #pargs > 0 then call_many('ZADD', p, 'NX', pargs) end
-local vargs, fraw = fields(ARGV[9], 2), fields(ARGV[10], 3)
-local fargs = {}
-for i = 1, #fraw, 3 do fargs[#fargs+1] = fraw[i]; fargs[#fargs+1] = fraw[i+1] .. US .. fraw[i+2] end
-if #vargs > 0 then call_many('ZADD', v, 'LT', vargs); redis.call('EXPIRE', v, ttl) end
-if #fargs > 0 then call_many('ZADD', f, 'LT', fargs); redis.call('EXPIRE', f, ttl) end
--- conflicts per minute: one read and one write of each minute's hot set, not one per resource
-local hot, minutes = {}, {}
-local craw = fields(ARGV[11], 3)
-for i = 1, #craw, 3 do
-  local minute = craw[i]
-  if not hot[minute] then hot[minute] = {{}, {}}; minutes[#minutes+1] = minute end
-  local group = hot[minute]
-  group[1][#group[1]+1] = craw[i+1]; group[2][#group[2]+1] = tonumber(craw[i+2])
-end
-for _, minute in ipairs(minutes) do
-  local h, names, counts = base .. 'h:' .. minute, hot[minute][1], hot[minute][2]
-  for start = 1, #names, 1000 do
-    local stop = math.min(start + 999, #names)
-    local old = redis.call('ZMSCORE', h, unpack(names, start, stop))
-    local zargs = {}
-    for i = start, stop do
-      zargs[#zargs+1] = tostring((tonumber(old[i - start + 1]) or 0) + counts[i])
-      zargs[#zargs+1] = names[i]
-    end
-    redis.call('ZADD', h, unpack(zargs))
-  end
-  redis.call('EXPIRE', h, ttl)
-end
-local nraw = fields(ARGV[12], 2)
-for i = 1, #nraw, 2 do
-  local n = base .. 'n:' .. nraw[i]
-  redis.call('HINCRBY', n, 'req', nraw[i+1])
-  redis.call('EXPIRE', n, ttl)
-end
-if ARGV[3] ~= '' then
-  redis.call('ZADD', m, 'GT', ARGV[3], 'max')
-  redis.call('ZADD', m, ARGV[1], 'seen')
-  redis.call('EXPIRE', m, ttl)
-end
-if redis.call('EXISTS', p) == 1 then redis.call('EXPIRE', p, ttl) end
-return 1
-"""
-)
 
 _CLAIM = """
 -- KEYS: p. ARGV: now_ms, lateness_s, idle_s, lease_ms, limit, force, ttl.
@@ -408,7 +320,6 @@ return out
 
 _SCRIPTS = {
     "trim": _TRIM,
-    "service": _SERVICE,
     "claim": _CLAIM,
     "snapshot": _SNAPSHOT,
     "decide": _DECIDE,
@@ -453,35 +364,77 @@ class IngestResult:
     stored: list[bool]
 
 
-def _service_blobs(new: list[Event], touched: list[Event], formats: list[str]) -> list[str]:
-    """The service script's item blobs (see the script) for one service's share of a batch."""
+def _service_commands(
+    service: str,
+    new: list[Event],
+    touched: list[Event],
+    formats: list[tuple[str, str, float]],
+    *,
+    now_ms: int,
+    ttl: int,
+    bucket: int,
+    bucket_ttl: int,
+) -> list[tuple[Any, ...]]:
+    """One service's share of a batch as plain commands: the request and ETag indexes, the
+    pending failures, deploy versions and formats, per-minute counts and the watermark.
+
+    `new` are the events stored by this batch, `touched` those plus failures to queue again.
+    """
+    sp = service_prefix(service)
+    commands: list[tuple[Any, ...]] = []
+    # Only failures have a decision to look up by request id.
+    requests = [
+        x for e in new if e.status in FAILURE_STATUSES for x in (e.request_id, e.resource_id)
+    ]
+    if requests:
+        commands += [
+            ("HSET", f"{sp}q:{bucket}", *requests),
+            ("EXPIRE", f"{sp}q:{bucket}", bucket_ttl),
+        ]
     etags = {e.current_etag: e.resource_id for e in new if 200 <= e.status < 300 and e.current_etag}
+    if etags:
+        owners = [x for pair in etags.items() for x in pair]
+        commands += [
+            ("HSET", f"{sp}x:{bucket}", *owners),
+            ("EXPIRE", f"{sp}x:{bucket}", bucket_ttl),
+        ]
+    pending: list[str] = []
+    for e in touched:
+        if e.status in FAILURE_STATUSES:
+            ts = repr(e.ts)
+            client = e.client_id or ""
+            pending += (
+                ts,
+                f"{ts}{US}{e.resource_id}{US}{e.request_id}{US}{e.if_match or ''}{US}{client}",
+            )
+    if pending:
+        commands.append(("ZADD", sp + "p", "NX", *pending))
     versions: dict[str, float] = {}
     for event in new:
         version = event.deploy_version
         if version and (version not in versions or event.ts < versions[version]):
             versions[version] = event.ts
-    minutes = Counter(int(e.ts // 60) for e in new)
-    conflicts = Counter((int(e.ts // 60), e.resource_id) for e in new if e.status in (409, 412))
-    return [
-        # Only failures have a decision to look up by request id.
-        RS.join(
-            [f"{e.request_id}{US}{e.resource_id}" for e in new if e.status in FAILURE_STATUSES]
-        ),
-        RS.join([f"{etag}{US}{resource}" for etag, resource in etags.items()]),
-        RS.join(
-            [
-                f"{e.ts!r}{US}{e.resource_id}{US}{e.request_id}{US}{e.if_match or ''}"
-                f"{US}{e.client_id or ''}"
-                for e in touched
-                if e.status in FAILURE_STATUSES
-            ]
-        ),
-        RS.join([f"{ts!r}{US}{version}" for version, ts in versions.items()]),
-        RS.join(formats),
-        RS.join([f"{m}{US}{r}{US}{n}" for (m, r), n in conflicts.items()]),
-        RS.join([f"{m}{US}{n}" for m, n in minutes.items()]),
+    if versions:
+        first = [x for version, ts in versions.items() for x in (repr(ts), version)]
+        commands += [("ZADD", sp + "v", "LT", *first), ("EXPIRE", sp + "v", ttl)]
+    if formats:
+        seen = [x for version, fp, ts in formats for x in (repr(ts), f"{version}{US}{fp}")]
+        commands += [("ZADD", sp + "f", "LT", *seen), ("EXPIRE", sp + "f", ttl)]
+    hot = Counter((int(e.ts // 60), e.resource_id) for e in new if e.status in (409, 412))
+    for (minute, resource), n in hot.items():
+        commands.append(("ZINCRBY", f"{sp}h:{minute}", n, resource))
+    for minute in {minute for minute, _ in hot}:
+        commands.append(("EXPIRE", f"{sp}h:{minute}", ttl))
+    for minute, n in Counter(int(e.ts // 60) for e in new).items():
+        commands += [("HINCRBY", f"{sp}n:{minute}", "req", n), ("EXPIRE", f"{sp}n:{minute}", ttl)]
+    newest = repr(max(e.ts for e in touched))
+    commands += [
+        ("ZADD", sp + "m", "GT", newest, "max"),
+        ("ZADD", sp + "m", now_ms, "seen"),
+        ("EXPIRE", sp + "m", ttl),
+        ("EXPIRE", sp + "p", ttl),  # a no-op unless it holds failures
     ]
+    return commands
 
 
 def _conflict_member(event: Event) -> str:
@@ -865,27 +818,32 @@ class Store:
                 touched.setdefault(event.service, []).append(event)
         if not touched:
             return
-        format_items: dict[str, list[str]] = {}
+        format_items: dict[str, list[tuple[str, str, float]]] = {}
         for service, version, fingerprint, ts in formats:
-            format_items.setdefault(service, []).append(f"{ts!r}{US}{version}{US}{fingerprint}")
+            format_items.setdefault(service, []).append((version, fingerprint, ts))
         now_ms = int(now * 1000)
         bucket = int(now // INDEX_BUCKET_SECONDS)
         # A bucket expires `retention` after it began: no entry outlives the retention.
         bucket_ttl = max(1, bucket * INDEX_BUCKET_SECONDS + self.retention - int(now))
         commands: list[tuple[Any, ...]] = []
         for service, mine in touched.items():
-            newest = repr(max(e.ts for e in mine))
-            blobs = _service_blobs(new.get(service, []), mine, format_items.get(service, []))
-            key = service_prefix(service) + "p"
-            args = (now_ms, self.retention, newest, bucket, bucket_ttl, *blobs)
-            commands.append(("EVALSHA", "service", 1, key, *args))
+            commands += _service_commands(
+                service,
+                new.get(service, []),
+                mine,
+                format_items.get(service, []),
+                now_ms=now_ms,
+                ttl=self.retention,
+                bucket=bucket,
+                bucket_ttl=bucket_ttl,
+            )
         seen = [x for service in touched for x in (now_ms, service)]
         commands += [
             ("ZADD", SERVICES_KEY, *seen),
             ("ZREMRANGEBYSCORE", SERVICES_KEY, "-inf", now_ms - self.retention * 1000),
             ("EXPIRE", SERVICES_KEY, self.retention),
         ]
-        await self._commands("store_service_state", commands, scripts=True)
+        await self._commands("store_service_state", commands)
 
     # -- settling ---------------------------------------------------------------------------
 

@@ -311,3 +311,16 @@ async def test_scripts_forgotten_by_redis_are_loaded_again(store: Store) -> None
         True,
         True,
     ]
+
+
+async def test_per_minute_counts_and_hot_resources_add_up_across_batches(store: Store) -> None:
+    """Conflicts per resource and requests per minute are summed over batches, retries not."""
+    minute = int((NOW - 30) // 60)
+    first = [ev("a1", NOW - 30, 412, resource="o1"), ev("a2", NOW - 29, 409, resource="o2")]
+    second = [ev("b1", NOW - 28, 412, resource="o1"), ev("b2", NOW - 27, 200, resource="o1")]
+    await store.ingest(first, NOW)
+    await store.ingest(second, NOW)
+    await store.ingest(second, NOW)  # a shipper's retry
+    assert await store.hot("shop", since=NOW - 60, until=NOW) == [("o1", 2.0), ("o2", 1.0)]
+    counts = await store.minute_counts("shop", minute, minute)
+    assert counts[minute]["req"] == 4
