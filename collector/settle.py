@@ -135,12 +135,14 @@ class Settler:
         window: float,
         lateness: float,
         batch_size: int = 500,
+        lanes: int = SETTLE_LANES,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.window = window
         self.lateness = lateness
         self.batch_size = batch_size
+        self.lanes = lanes
         self._wake = asyncio.Event()
         # Runs after each periodic sweep (deploy verdicts); set by the runtime.
         self.after_sweep: Callable[[], Awaitable[None]] | None = None
@@ -188,9 +190,7 @@ class Settler:
             return sum([await self.settle_service(s, force=force, now=now) for s in pending])
 
         # Every lane finishes before an error is raised: none keeps running outside the lock.
-        results = await asyncio.gather(
-            *(lane() for _ in range(SETTLE_LANES)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(lane() for _ in range(self.lanes)), return_exceptions=True)
         total = 0
         for result in results:
             if isinstance(result, BaseException):
