@@ -201,9 +201,9 @@ class Settler:
     async def _settle(
         self, service: str, claimed: Sequence[PendingFailure], now: float | None
     ) -> int:
-        contexts = await self.store.load_contexts(claimed, window=self.window)
-        formats = await self.store.formats(service)
-        versions = await self.store.versions(service)
+        contexts, formats, versions = await self.store.settle_inputs(
+            service, claimed, window=self.window
+        )
         # Only an If-Match missing from the resource's own lineage can be another resource's.
         wanted: set[str] = set()
         for found in contexts:
@@ -241,17 +241,12 @@ class Settler:
             decisions, gone=[found.record is None for found in contexts]
         )
         counted = 0
-        per_minute: dict[tuple[int, str], int] = {}
         for (pending, _), (record, decision), is_first in zip(
             decisions, details, kept, strict=True
         ):
             if is_first and record.get("status"):
                 self._count(pending, record, decision)
                 counted += 1
-                slot = (int(pending.ts // 60), str(decision.cause))
-                per_minute[slot] = per_minute.get(slot, 0) + 1
-        # Event-time counts by cause feed the deploy detector, shared by every replica.
-        await self.store.count_failures(service, per_minute)
         return counted
 
     def _count(self, pending: PendingFailure, record: dict[str, Any], decision: Decision) -> None:

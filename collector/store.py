@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import orjson
@@ -272,20 +272,33 @@ return out
 
 _DECIDE = """
 -- KEYS: the service's `i` key, then the `e` key of each failure. ARGV: ttl, then per failure
--- request_id, decision, pending member, and '1' where the resource's record was gone (its key
--- may be too: HSETNX would create it without a TTL). Sets each decision unless one exists and
--- ends the lease.
+-- request_id, decision, pending member, '1' where the resource's record was gone (its key may
+-- be too: HSETNX would create it without a TTL), event-time minute and cause. Sets each
+-- decision unless one exists, ends the lease, and adds each decision it set (for a record
+-- still there) to the service's per-minute counts by cause, which the deploy detector reads.
 -- Returns 1 where this call set the decision.
+local base = string.sub(KEYS[1], 1, -2)
 local ttl = tonumber(ARGV[1])
-local out, done = {}, {}
+local out, done, counts, slots = {}, {}, {}, {}
 for k = 2, #KEYS do
-  local j = 4 * (k - 2) + 1
+  local j = 6 * (k - 2) + 1
   out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
-  if ARGV[j + 4] == '1' then redis.call('EXPIRE', KEYS[k], ttl) end
+  if ARGV[j + 4] == '1' then
+    redis.call('EXPIRE', KEYS[k], ttl)
+  elseif out[k - 1] == 1 then
+    local slot = ARGV[j + 5] .. ' ' .. ARGV[j + 6]
+    if not counts[slot] then counts[slot] = 0; slots[#slots+1] = slot end
+    counts[slot] = counts[slot] + 1
+  end
   done[#done+1] = ARGV[j + 3]
 end
 for i = 1, #done, 1000 do
   redis.call('ZREM', KEYS[1], unpack(done, i, math.min(i + 999, #done)))
+end
+for _, slot in ipairs(slots) do
+  local minute, cause = string.match(slot, '^(%S+) (.*)$')
+  redis.call('HINCRBY', base .. 'n:' .. minute, 'c:' .. cause, counts[slot])
+  redis.call('EXPIRE', base .. 'n:' .. minute, ttl)
 end
 return out
 """
@@ -355,6 +368,14 @@ class FailureContext:
     writes: list[LineageWrite]
     prior_conflicts: list[PriorFailure]
     already_decided: bool
+
+
+class SettleInputs(NamedTuple):
+    """What settling a claimed batch reads: each failure's context and its service's deploys."""
+
+    contexts: list[FailureContext]
+    formats: dict[str, dict[str, float]]
+    versions: list[tuple[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +461,45 @@ def _service_commands(
 def _conflict_member(event: Event) -> str:
     """A 412/409 with If-Match as the conflicts set keeps it (see the module docstring)."""
     return f"{event.request_id}{US}{event.status}{US}{event.client_id or ''}{US}{event.if_match}"
+
+
+def _contexts(failures: Sequence[PendingFailure], replies: list[Any]) -> list[FailureContext]:
+    """The snapshot script's answer, one FailureContext per failure."""
+    contexts = []
+    for failure, (rec, decided, writes_raw, prior_raw) in zip(failures, replies, strict=True):
+        writes = []
+        for member, score in zip(writes_raw[-2::-2], writes_raw[::-2], strict=True):
+            _, request_id, etag, client = member.decode().split(US)
+            writes.append(LineageWrite(float(score), request_id, etag, client or None))
+        prior = []
+        for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
+            request_id, status, client, if_match = member.decode().split(US, 3)
+            prior.append(
+                PriorFailure(float(score), request_id, int(status), client or None, if_match)
+            )
+        contexts.append(FailureContext(failure, _decode(rec), writes, prior, bool(decided)))
+    return contexts
+
+
+def _scored(reply: list[Any]) -> list[tuple[bytes, Any]]:
+    """ZRANGE WITHSCORES as (member, score): flat from hiredis, already paired by redis-py."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(member, score) for member, score in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _versions(reply: list[Any]) -> list[tuple[str, float]]:
+    """ZRANGE WITHSCORES of `v`: (version, first event time), oldest first."""
+    return [(v.decode(), float(ts)) for v, ts in _scored(reply)]
+
+
+def _formats(reply: list[Any]) -> dict[str, dict[str, float]]:
+    """ZRANGE WITHSCORES of `f`: {version: {fingerprint: first event time}}."""
+    out: dict[str, dict[str, float]] = {}
+    for member, ts in _scored(reply):
+        version, _, fingerprint = member.decode().partition(US)
+        out.setdefault(version, {})[fingerprint] = float(ts)
+    return out
 
 
 def _needles(if_match: str) -> str:
@@ -883,28 +943,35 @@ class Store:
         window before it: one script call for the whole batch."""
         if not failures:
             return []
+        snapshot = self._snapshot(failures, window, conflict_limit)
+        (replies,) = await self._commands("load_contexts", [snapshot], scripts=True)
+        return _contexts(failures, replies)
+
+    async def settle_inputs(
+        self, service: str, failures: Sequence[PendingFailure], *, window: float
+    ) -> SettleInputs:
+        """`load_contexts` of a claimed batch with its service's `formats` and `versions`, in
+        one round trip."""
+        sp = service_prefix(service)
+        commands = [
+            ("ZRANGE", sp + "f", 0, -1, "WITHSCORES"),
+            ("ZRANGE", sp + "v", 0, -1, "WITHSCORES"),
+        ]
+        if failures:
+            commands.append(self._snapshot(failures, window, 200))
+        formats, versions, *snapshot = await self._commands("load_contexts", commands, scripts=True)
+        contexts = _contexts(failures, snapshot[0]) if failures else []
+        return SettleInputs(contexts, _formats(formats), _versions(versions))
+
+    def _snapshot(
+        self, failures: Sequence[PendingFailure], window: float, conflict_limit: int
+    ) -> tuple[Any, ...]:
         keys = [resource_prefix(f.service, f.resource_id) + "e" for f in failures]
         args: list[Any] = [window, self.writes_cap, conflict_limit]
         for failure in failures:
             args += [failure.request_id, repr(failure.ts), failure.client_id]
             args.append(_needles(failure.if_match))
-
-        snapshot = ("EVALSHA", "snapshot", len(keys), *keys, *args)
-        (replies,) = await self._commands("load_contexts", [snapshot], scripts=True)
-        contexts = []
-        for failure, (rec, decided, writes_raw, prior_raw) in zip(failures, replies, strict=True):
-            writes = []
-            for member, score in zip(writes_raw[-2::-2], writes_raw[::-2], strict=True):
-                _, request_id, etag, client = member.decode().split(US)
-                writes.append(LineageWrite(float(score), request_id, etag, client or None))
-            prior = []
-            for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
-                request_id, status, client, if_match = member.decode().split(US, 3)
-                prior.append(
-                    PriorFailure(float(score), request_id, int(status), client or None, if_match)
-                )
-            contexts.append(FailureContext(failure, _decode(rec), writes, prior, bool(decided)))
-        return contexts
+        return ("EVALSHA", "snapshot", len(keys), *keys, *args)
 
     def _index_buckets(self, now: float) -> list[int]:
         """Index buckets that can still hold entries, newest first (a bucket lives `retention`
@@ -925,12 +992,9 @@ class Store:
         # Chunks keep each HMGET within what Lua's unpack() takes.
         for start in range(0, len(names), MAX_EVENTS_PER_KEY):
             chunk = names[start : start + MAX_EVENTS_PER_KEY]
-            args = [index, buckets[0], buckets[-1], RS.join(chunk)]
-
-            def build(pipe: Any, shas: dict[str, str], args: list[Any] = args) -> None:
-                pipe.evalsha(shas["lookup"], 1, service_prefix(service) + "p", *args)
-
-            (values,) = await self._pipeline(build)
+            key = service_prefix(service) + "p"
+            lookup = ("EVALSHA", "lookup", 1, key, index, buckets[0], buckets[-1], RS.join(chunk))
+            (values,) = await self._commands("lookup_index", [lookup], scripts=True)
             for name, value in zip(chunk, values, strict=True):
                 if value:
                     found[name] = value.decode()
@@ -956,6 +1020,9 @@ class Store:
     ) -> list[bool]:
         """Store each decision unless one exists; True where this call made it (count it).
 
+        Each decision it made for a record still stored is added to the service's per-minute
+        counts by cause (`minute_counts`), in the same round trip.
+
         `gone` marks failures whose record was no longer stored: their resource's key may have
         expired, and the decision must not bring it back without a TTL.
         """
@@ -973,6 +1040,7 @@ class Store:
                 keys.append(resource_prefix(service, failure.resource_id) + "e")
                 args += [failure.request_id, orjson.dumps(decision), failure.member]
                 args.append("1" if index < len(gone) and gone[index] else "0")
+                args += [int(failure.ts // 60), decision.get("cause", "unknown")]
             calls.append(("EVALSHA", "decide", len(keys), *keys, *args))
 
         kept = [False] * len(decisions)
@@ -981,17 +1049,6 @@ class Store:
             for index, flag in zip(indexes, flags, strict=True):
                 kept[index] = bool(flag)
         return kept
-
-    async def count_failures(self, service: str, counts: dict[tuple[int, str], int]) -> None:
-        """Add decided failures to the per-minute counts, {(minute, cause): n}."""
-        if not counts:
-            return
-        sp = service_prefix(service)
-        commands: list[tuple[Any, ...]] = []
-        for (minute, cause), n in counts.items():
-            commands.append(("HINCRBY", f"{sp}n:{minute}", f"c:{cause}", n))
-            commands.append(("EXPIRE", f"{sp}n:{minute}", self.retention))
-        await self._commands("count_failures", commands)
 
     async def minute_counts(
         self, service: str, first_minute: int, last_minute: int
@@ -1125,22 +1182,10 @@ class Store:
 
     async def versions(self, service: str) -> list[tuple[str, float]]:
         """Deploy versions of a service with the event time each was first seen, oldest first."""
-
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            pipe.zrange(service_prefix(service) + "v", 0, -1, withscores=True)
-
-        (raw,) = await self._pipeline(build)
-        return [(v.decode(), float(ts)) for v, ts in raw]
+        versions = ("ZRANGE", service_prefix(service) + "v", 0, -1, "WITHSCORES")
+        return _versions((await self._commands("versions", [versions]))[0])
 
     async def formats(self, service: str) -> dict[str, dict[str, float]]:
         """ETag fingerprints per version with the first event time each was seen."""
-
-        def build(pipe: Any, _: dict[str, str]) -> None:
-            pipe.zrange(service_prefix(service) + "f", 0, -1, withscores=True)
-
-        (raw,) = await self._pipeline(build)
-        out: dict[str, dict[str, float]] = {}
-        for member, ts in raw:
-            version, _, fingerprint = member.decode().partition(US)
-            out.setdefault(version, {})[fingerprint] = float(ts)
-        return out
+        formats = ("ZRANGE", service_prefix(service) + "f", 0, -1, "WITHSCORES")
+        return _formats((await self._commands("formats", [formats]))[0])

@@ -92,6 +92,12 @@ async def test_decision_is_recorded_once(store: Store) -> None:
     record, decision = await store.request("shop", "o1", "a")
     assert record is not None and record["status"] == 412
     assert decision == {"cause": "stale_etag"}
+    # Counted once per minute by cause, for the deploy detector; a vanished record is not.
+    minute = int((NOW - 30) // 60)
+    gone = PendingFailure("shop", "o7", "b", NOW - 30)
+    assert await store.record_decisions([(gone, {"cause": "stale_etag"})], gone=[True]) == [True]
+    counts = await store.minute_counts("shop", minute, minute)
+    assert counts[minute]["c:stale_etag"] == 1 and "c:unknown" not in counts[minute]
 
 
 async def test_retry_requeues_a_failure_that_never_reached_pending(store: Store) -> None:
@@ -217,6 +223,14 @@ async def test_versions_and_formats(store: Store) -> None:
     assert await store.formats("shop") == {"v2": {"S:x": NOW - 60}, "v1": {"S:hex32": NOW - 50}}
     assert await store.services() == ["shop"]
     assert await store.watermark("shop") == NOW - 10
+    # What settling reads in one round trip is what the separate reads return.
+    await store.ingest([ev("f1", NOW - 5, 412, resource="o9", if_match='"y"')], NOW)
+    claimed = await store.claim_due("shop", lateness=0, now=NOW, force=True)
+    inputs = await store.settle_inputs("shop", claimed, window=300)
+    assert inputs.versions == await store.versions("shop")
+    assert inputs.formats == await store.formats("shop")
+    assert inputs.contexts == await store.load_contexts(claimed, window=300)
+    assert [c.failure.request_id for c in inputs.contexts] == ["f1"]
 
 
 async def test_unreachable_redis_raises_store_unavailable() -> None:
