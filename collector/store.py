@@ -124,6 +124,13 @@ local function split(s, sep)
 end
 """
 
+_EXPIRE = """
+-- KEYS: every key a batch wrote. ARGV: ttl. Gives each its TTL back: one call instead of an
+-- EXPIRE per key, whose packing cost the collector more than running them costs Redis.
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return #KEYS
+"""
+
 _TRIM = """
 -- KEYS: the `e` key of each resource a batch touched. ARGV: timeline_cap.
 -- Cuts each timeline (and its records and decisions) and conflicts set to the cap.
@@ -332,6 +339,7 @@ return out
 )
 
 _SCRIPTS = {
+    "expire": _EXPIRE,
     "trim": _TRIM,
     "claim": _CLAIM,
     "snapshot": _SNAPSHOT,
@@ -594,16 +602,16 @@ class _BulkConnection:
 
 
 def _check(replies: list[Any]) -> list[Any]:
+    """The replies, unless one is an error (hiredis's or redis-py's)."""
     for reply in replies:
-        if isinstance(reply, hiredis.ReplyError):
+        if isinstance(reply, hiredis.ReplyError | RedisError):
             raise StoreUnavailableError(f"Redis answered: {reply}")
     return replies
 
 
-def _forgot_a_script(replies: list[Any]) -> bool:
-    return any(
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError) or (
         isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
-        for reply in replies
     )
 
 
@@ -717,65 +725,62 @@ class Store:
                 self.observer(operation, time.perf_counter() - started, failed)
 
     async def _pipeline(self, build: Any) -> list[Any]:
-        """Run the commands `build(pipe, shas)` queues; reload scripts once if Redis forgot."""
+        """Run the plain commands `build(pipe)` queues on a redis-py pipeline."""
         with self._observed(build.__qualname__.split(".")[1].lstrip("_")):  # the method's name
-            return await self._execute(build)
-
-    async def _execute(self, build: Any) -> list[Any]:
-        for attempt in (1, 2):
             try:
-                await self._load_scripts()
                 pipe = self.client.pipeline(transaction=False)
-                build(pipe, self._shas)
+                build(pipe)
                 return list(await pipe.execute())
-            except NoScriptError:
-                # Redis restarted and lost its script cache; every script is idempotent.
-                self._shas = {}
-                if attempt == 2:
-                    raise StoreUnavailableError("Redis keeps losing its scripts") from None
             except (RedisError, OSError) as exc:
                 raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(self, name: str, *args: Any) -> Any:
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             pipe.execute_command(name, *args)
 
         return (await self._pipeline(build))[0]
 
+    async def _send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Every reply, an error reply as a value: by `_Bulk` when it can, else by redis-py."""
+        if self._bulk is not None:
+            return await self._bulk.run(commands)
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def _commands(
         self, operation: str, commands: Sequence[tuple[Any, ...]], *, scripts: bool = False
     ) -> list[Any]:
-        """Commands in one round trip: by `_Bulk` when it can, else by redis-py.
+        """Commands in one round trip; raises StoreUnavailableError if any failed.
 
         With `scripts`, a command may call one of this module's scripts by name,
-        `("EVALSHA", "claim", numkeys, ...)`; the name is swapped for its SHA here, and the
-        scripts are loaded again if Redis forgot them (each one is idempotent).
+        `("EVALSHA", "claim", numkeys, ...)`; the name is swapped for its SHA here. If Redis
+        forgot the scripts (a restart), they are loaded again and only the script calls are
+        sent again: the plain commands beside them already ran, and running an HSETNX twice
+        would turn a new event into a duplicate.
         """
 
-        def resolved(shas: dict[str, str]) -> Sequence[tuple[Any, ...]]:
-            if not scripts:
-                return commands
-            return [(c[0], shas[c[1]], *c[2:]) if c[0] == "EVALSHA" else c for c in commands]
-
-        def build(pipe: Any, shas: dict[str, str]) -> None:
-            for command in resolved(shas):
-                pipe.execute_command(*command)
+        def resolved(batch: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            shas = self._shas
+            return [(c[0], shas[c[1]], *c[2:]) if c[0] == "EVALSHA" else c for c in batch]
 
         with self._observed(operation):
-            if self._bulk is None:
-                return await self._execute(build)
-            for _ in (1, 2):
-                if scripts:
-                    try:
-                        await self._load_scripts()
-                    except (RedisError, OSError) as exc:
-                        raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
-                replies = await self._bulk.run(resolved(self._shas))
-                if not (scripts and _forgot_a_script(replies)):
-                    return _check(replies)
-                self._shas = {}
-            raise StoreUnavailableError("Redis keeps losing its scripts")
+            try:
+                if not scripts:
+                    return _check(await self._send(commands))
+                await self._load_scripts()
+                replies = await self._send(resolved(commands))
+                lost = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+                if lost:
+                    self._shas = {}
+                    await self._load_scripts()
+                    again = await self._send(resolved([commands[i] for i in lost]))
+                    for i, reply in zip(lost, again, strict=True):
+                        replies[i] = reply
+                return _check(replies)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -807,6 +812,7 @@ class Store:
         commands: list[tuple[Any, ...]] = []
         record_reply = [0] * len(events)  # where each event's HSETNX answer will be
         record_keys: list[str] = []
+        written: list[str] = []  # every key, for their TTL
         for (service, resource), indexes in by_resource.items():
             prefix = resource_prefix(service, resource)
             e = prefix + "e"
@@ -825,10 +831,13 @@ class Store:
                     timeline += (ts, f"o{US}{event.request_id}")
                     if event.status in (409, 412) and event.if_match:
                         conflicts += (ts, _conflict_member(event))
-            commands += [tuple(timeline), ("EXPIRE", e, ttl), ("EXPIRE", prefix + "z", ttl)]
+            commands.append(tuple(timeline))
+            written += (e, prefix + "z")
             if len(conflicts) > 3:
-                commands += [tuple(conflicts), ("EXPIRE", prefix + "f", ttl)]
-        replies = await self._commands("ingest", commands)
+                commands.append(tuple(conflicts))
+                written.append(prefix + "f")
+        commands.append(("EVALSHA", "expire", len(written), *written, ttl))
+        replies = await self._commands("ingest", commands, scripts=True)
         stored = [bool(replies[at]) for at in record_reply]
         requeue = await self._undecided_failures(events, stored)
 
@@ -1057,7 +1066,7 @@ class Store:
         sp = service_prefix(service)
         minutes = list(range(first_minute, last_minute + 1))
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             for minute in minutes:
                 pipe.hgetall(f"{sp}n:{minute}")
 
@@ -1075,7 +1084,7 @@ class Store:
         sp = service_prefix(service)
         now_ms = int(now * 1000)
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             pipe.zadd(sp + "v", {version: ts})
             pipe.expire(sp + "v", self.retention)
             pipe.hsetnx(sp + "d", version, orjson.dumps({"source": "marker"}))
@@ -1089,7 +1098,7 @@ class Store:
         """Per version: how it became known (`source`) and its regression verdict, if any."""
         sp = service_prefix(service)
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             pipe.hgetall(sp + "d")
             pipe.hgetall(sp + "r")
 
@@ -1105,7 +1114,7 @@ class Store:
         """Record a deploy's first regression verdict; True if this call recorded it."""
         key = service_prefix(service) + "r"
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             pipe.hsetnx(key, version, orjson.dumps(verdict))
             pipe.expire(key, self.retention)
 
@@ -1124,7 +1133,7 @@ class Store:
         if not names:
             return 0
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             for service in names:
                 pipe.zcard(service_prefix(service) + "p")
                 pipe.zcard(service_prefix(service) + "i")
@@ -1169,7 +1178,7 @@ class Store:
         sp = service_prefix(service)
         minutes = range(int(since // 60), int(until // 60) + 1)
 
-        def build(pipe: Any, _: dict[str, str]) -> None:
+        def build(pipe: Any) -> None:
             for minute in minutes:
                 pipe.zrange(f"{sp}h:{minute}", 0, -1, withscores=True)
 
