@@ -105,7 +105,7 @@ def _record(event: Event) -> str:
         record["deploy_version"] = event.deploy_version
     if event.reason is not None:
         record["reason"] = event.reason
-    # As str: orjson's bytes keep the over-allocated buffer it wrote into (peak RSS +30%).
+    # As str: keeping orjson's bytes instead raised peak RSS in `make bench` from 90 to 120 MiB.
     return orjson.dumps(record).decode()
 
 
