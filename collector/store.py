@@ -3,14 +3,14 @@
 The only module that imports `redis`. Keys of one resource share the hash tag
 `{service:resource}` and keys of one service share `{service}`. A batch's events are written
 with plain commands sent together: HSETNX of each record (the dedupe), ZADD NX of the timeline
-and conflict members, EXPIRE of the keys. Each is idempotent, so a retried batch changes
-nothing that is already there and repairs what its first attempt did not reach. A second
-round trip then writes what the newly stored events add to their service: pending failures,
-indexes, counts. The per-service scripts take one service's keys; the trim and settling
-scripts take the resources of a whole batch in one call, which a standalone Redis (or one
-primary) accepts; on Redis Cluster they would have to be called once per slot, which this
-store does not do yet. Every key has a TTL of at most `retention_seconds`, refreshed when
-written; the sets inside are capped.
+and conflict members, then one script call that gives every key its TTL back. Each is
+idempotent, so a retried batch changes nothing that is already there and repairs what its
+first attempt did not reach. A second round trip then writes what the newly stored events add
+to their service: pending failures, indexes, counts. The per-service scripts take one
+service's keys; the TTL, trim and settling scripts take the resources of a whole batch in one
+call, which a standalone Redis (or one primary) accepts; on Redis Cluster they would have to
+be called once per slot, which this store does not do yet. Every key has a TTL of at most
+`retention_seconds`, refreshed when written; the sets inside are capped.
 
 Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
                                      is a duplicate; `c:<request_id>` -> decision (JSON), set once
@@ -112,8 +112,9 @@ def _record(event: Event) -> str:
 # Scripts get one declared key per resource (its `e`) or service (its `p`) and derive the
 # sibling keys by suffix: they share the hash tag, so they live in the same cluster slot.
 # Items travel as blob arguments (RS between items, US between fields): encoding a few large
-# arguments costs a fraction of encoding thousands of small ones. Writing a batch takes no
-# script at all: in Redis 7.0 a script call costs more than the plain commands it would run.
+# arguments costs a fraction of encoding thousands of small ones. A batch's records and
+# members are plain commands: in Redis 7.0 a script costs more per call it makes than the
+# plain command would; the TTLs are the exception, cheaper to pack as one call's keys.
 _LIB = """
 local RS, US = string.char(30), string.char(31)
 local function split(s, sep)
