@@ -62,6 +62,8 @@ SERVICES_KEY = "pw:services"
 INDEX_BUCKET_SECONDS = 900
 # Lua's unpack() is bounded by the C stack; the Python side cuts argument lists to this.
 MAX_EVENTS_PER_KEY = 1000
+# The 412/409s a failure's snapshot returns at most: enough to see a blind retry loop.
+CONFLICT_LIMIT = 200
 
 
 class StoreUnavailableError(Exception):
@@ -288,26 +290,26 @@ _DECIDE = """
 -- Returns 1 where this call set the decision.
 local base = string.sub(KEYS[1], 1, -2)
 local ttl = tonumber(ARGV[1])
-local out, done, counts, slots = {}, {}, {}, {}
+local out, done, counts = {}, {}, {}
 for k = 2, #KEYS do
   local j = 6 * (k - 2) + 1
   out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
   if ARGV[j + 4] == '1' then
     redis.call('EXPIRE', KEYS[k], ttl)
   elseif out[k - 1] == 1 then
-    local slot = ARGV[j + 5] .. ' ' .. ARGV[j + 6]
-    if not counts[slot] then counts[slot] = 0; slots[#slots+1] = slot end
-    counts[slot] = counts[slot] + 1
+    local n = base .. 'n:' .. ARGV[j + 5]
+    local field = 'c:' .. ARGV[j + 6]
+    counts[n] = counts[n] or {}
+    counts[n][field] = (counts[n][field] or 0) + 1
   end
   done[#done+1] = ARGV[j + 3]
 end
 for i = 1, #done, 1000 do
   redis.call('ZREM', KEYS[1], unpack(done, i, math.min(i + 999, #done)))
 end
-for _, slot in ipairs(slots) do
-  local minute, cause = string.match(slot, '^(%S+) (.*)$')
-  redis.call('HINCRBY', base .. 'n:' .. minute, 'c:' .. cause, counts[slot])
-  redis.call('EXPIRE', base .. 'n:' .. minute, ttl)
+for n, fields in pairs(counts) do
+  for field, count in pairs(fields) do redis.call('HINCRBY', n, field, count) end
+  redis.call('EXPIRE', n, ttl)
 end
 return out
 """
@@ -948,7 +950,11 @@ class Store:
         return claimed
 
     async def load_contexts(
-        self, failures: Sequence[PendingFailure], *, window: float, conflict_limit: int = 200
+        self,
+        failures: Sequence[PendingFailure],
+        *,
+        window: float,
+        conflict_limit: int = CONFLICT_LIMIT,
     ) -> list[FailureContext]:
         """Each failure's record, the lineage its If-Match needs, and the 412/409s in the
         window before it: one script call for the whole batch."""
@@ -969,7 +975,7 @@ class Store:
             ("ZRANGE", sp + "v", 0, -1, "WITHSCORES"),
         ]
         if failures:
-            commands.append(self._snapshot(failures, window, 200))
+            commands.append(self._snapshot(failures, window, CONFLICT_LIMIT))
         formats, versions, *snapshot = await self._commands("load_contexts", commands, scripts=True)
         contexts = _contexts(failures, snapshot[0]) if failures else []
         return SettleInputs(contexts, _formats(formats), _versions(versions))
