@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -15,6 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from collector.api import create_app
     from collector.logs import configure_logging, get_logger
+    from collector.processes import tune_gc
 
     overrides: dict[str, object] = {}
     if args.host is not None:
@@ -25,10 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     get_logger("collector").info("serving", host=settings.host, port=settings.port)
     app = create_app(settings)
-    # Every batch allocates thousands of short-lived objects; the cyclic collector need not
-    # rescan the modules and app built at start-up each time, nor run every 700 allocations.
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    tune_gc()
     uvicorn.run(
         app,
         host=settings.host,

@@ -10,7 +10,7 @@ from collector.etag import fingerprint, parse_etag
 from collector.event import Defaults, Event, EventError, parse_event
 from collector.metrics import Metrics
 from collector.payload import Record
-from collector.store import Store
+from collector.store import Store, StoreUnavailableError
 
 
 @dataclass(slots=True)
@@ -81,8 +81,25 @@ class FormatTracker:
         return [(s, v, f, ts) for (s, v, f), ts in seen.items()]
 
 
+RequestCounts = dict[tuple[str, str | None, str | None, int], int]
+
+
+@dataclass(slots=True)
+class StoredBatch:
+    """What storing a batch did, before anything is counted: its answer, the stored requests
+    by label set (service, route, method, status), or why Redis stored nothing."""
+
+    result: BatchResult
+    requests: RequestCounts
+    unavailable: str | None = None
+
+
 class Ingestor:
-    """Stores batches and counts them; calls `on_stored` with the services that got events."""
+    """Stores batches and counts them; calls `on_stored` with the services that got events.
+
+    `store` (parse and store, no metrics) and `count` are apart so that an ingest process can
+    store a batch and the serving process, which owns the metrics, count it.
+    """
 
     def __init__(
         self,
@@ -107,6 +124,19 @@ class Ingestor:
     ) -> BatchResult:
         """Store every valid record; raises StoreUnavailableError with nothing acknowledged."""
         started = time.perf_counter()
+        batch = await self.store_batch(
+            records, default_service=default_service, received_at=received_at
+        )
+        return self.count(batch, time.perf_counter() - started)
+
+    async def store_batch(
+        self,
+        records: Sequence[Record],
+        *,
+        default_service: str | None,
+        received_at: float | None = None,
+    ) -> StoredBatch:
+        """Parse and store; `unavailable` says why nothing was acknowledged if Redis failed."""
         received_at = time.time() if received_at is None else received_at
         defaults = Defaults(default_service, received_at, self.max_clock_skew)
         events, rejected = parse_records(records, defaults)
@@ -127,9 +157,9 @@ class Ingestor:
             stored = await self.store.ingest(
                 unique, received_at, formats=self.formats.formats(unique)
             )
-        finally:
-            self.metrics.events.labels("rejected").inc(len(rejected))
-        counts: dict[tuple[str, str | None, str | None, int], int] = {}
+        except StoreUnavailableError as exc:
+            return StoredBatch(result, {}, unavailable=str(exc))
+        counts: RequestCounts = {}
         for event, is_new in zip(unique, stored.stored, strict=True):
             if is_new:
                 result.accepted += 1
@@ -138,19 +168,25 @@ class Ingestor:
                 counts[labels] = counts.get(labels, 0) + 1
             else:
                 result.duplicates += 1
-        self._count(counts)
-        self.metrics.events.labels("accepted").inc(result.accepted)
-        self.metrics.events.labels("duplicate").inc(result.duplicates)
-        self.metrics.ingest_seconds.observe(time.perf_counter() - started)
-        if result.services and self.on_stored is not None:
-            self.on_stored(result.services)
-        return result
+        return StoredBatch(result, counts)
 
-    def _count(self, counts: dict[tuple[str, str | None, str | None, int], int]) -> None:
-        """Count stored requests, one label lookup per distinct label set of the batch."""
+    def count(self, batch: StoredBatch, seconds: float) -> BatchResult:
+        """Count a batch in the metrics (one label lookup per distinct label set) and return its
+        answer; raises StoreUnavailableError if it was not stored (its rejected lines count)."""
+        result = batch.result
+        if batch.unavailable is not None:
+            self.metrics.events.labels("rejected").inc(len(result.rejected))
+            raise StoreUnavailableError(batch.unavailable)
         labels = self.metrics.labels
-        for (service, route, method, status), n in counts.items():
+        for (service, route, method, status), n in batch.requests.items():
             label = labels.service(service)
             self.metrics.requests.labels(
                 label, labels.route(label, route), labels.method(method), str(status)
             ).inc(n)
+        self.metrics.events.labels("rejected").inc(len(result.rejected))
+        self.metrics.events.labels("accepted").inc(result.accepted)
+        self.metrics.events.labels("duplicate").inc(result.duplicates)
+        self.metrics.ingest_seconds.observe(seconds)
+        if result.services and self.on_stored is not None:
+            self.on_stored(result.services)
+        return result

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from prometheus_client import CollectorRegistry
 
-from collector.ingest import Ingestor
+from collector.ingest import BatchResult, Ingestor
+from collector.ingest_pool import IngestPool, Job
 from collector.logs import get_logger
 from collector.metrics import Metrics
+from collector.payload import split_records
 from collector.settings import Settings
 from collector.settle import Settler
 from collector.store import Store, StoreUnavailableError
@@ -59,12 +62,51 @@ class Collector:
             on_stored=self._stored,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        # With a real Redis, settling runs in a worker process; the embedded one cannot be shared.
-        self.worker = (
-            SettleWorker(settings, self.settler)
-            if settings.settle_process and not self.store.embedded
+        # With a real Redis, ingest and settling run in processes of their own, which connect
+        # to PW_REDIS_URL; the embedded one cannot be shared.
+        shared = settings.redis_url is not None and not self.store.embedded
+        self.pool = (
+            IngestPool(settings, settings.ingest_processes)
+            if shared and settings.ingest_processes > 0
             else None
         )
+        self.in_flight = 0  # batches being stored now
+        # More batches in flight than processes storing them: ingest is saturated.
+        self.ingest_lanes = max(1, settings.ingest_processes if self.pool else 1)
+        self.worker = (
+            SettleWorker(settings, self.settler) if shared and settings.settle_process else None
+        )
+
+    async def ingest(
+        self, body: bytes, content_type: str | None, default_service: str | None
+    ) -> tuple[int, BatchResult]:
+        """Store one request body; the number of records in it and the answer.
+
+        Raises PayloadError for a body that cannot be read, StoreUnavailableError when
+        nothing was acknowledged."""
+        started = time.perf_counter()
+        received_at = time.time()
+        self.in_flight += 1
+        if self.worker is not None:
+            self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
+        try:
+            if self.pool is None:
+                records = split_records(body, content_type)
+                count = len(records)
+                batch = await self.ingestor.store_batch(
+                    records, default_service=default_service, received_at=received_at
+                )
+            else:
+                done = await self.pool.store(Job(body, content_type, default_service, received_at))
+                for operation, seconds, failed in done.redis_timings:
+                    self._observe_redis(operation, seconds, failed)
+                assert done.batch is not None
+                count, batch = done.records, done.batch
+        finally:
+            self.in_flight -= 1
+            if self.worker is not None:
+                self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
+        return count, self.ingestor.count(batch, time.perf_counter() - started)
 
     def _stored(self, services: set[str]) -> None:
         """After every stored batch: the services' watermarks may have moved."""
@@ -89,11 +131,21 @@ class Collector:
         log.info("collector_started", redis_up=up, embedded=self.store.embedded)
         self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
         interval = self.settings.settle_interval_seconds
+        if self.pool is not None:
+            await self.pool.start()
+            self._tasks.append(asyncio.create_task(self._keep_pool(interval), name="pool"))
         if self.worker is None:
             self._tasks.append(asyncio.create_task(self.settler.run(interval), name="settle"))
         else:
             self.worker.start()
             self._tasks.append(asyncio.create_task(self._oversee(interval), name="oversee"))
+
+    async def _keep_pool(self, interval: float) -> None:
+        """Replace ingest processes that died (their batches in flight answered 503)."""
+        assert self.pool is not None
+        while True:
+            await asyncio.sleep(interval)
+            await self.pool.check()
 
     async def _oversee(self, interval: float) -> None:
         """While a worker settles: keep it alive, judge deploys, export the backlog."""
@@ -112,6 +164,8 @@ class Collector:
     async def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.pool is not None:
+            self.pool.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         default=True,
         description="Settle in a separate, lower-priority process (with PW_REDIS_URL only)",
     )
+    ingest_processes: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Processes that parse and store batches (with PW_REDIS_URL only); "
+        "0: the serving process does",
+    )
+    settle_yield_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="While ingest is saturated, the settle process waits up to this long "
+        "before each claim (0: never)",
+    )
     timeline_max_events: int = Field(
         default=2000, ge=10, description="Events kept per resource timeline"
     )

@@ -151,6 +151,8 @@ class Settler:
         self._series: dict[tuple[object, ...], Any] = {}
         # Set in a settle worker: decided failures go to the serving process to be counted.
         self.on_counted: Callable[[Counted], None] | None = None
+        # Set in a settle worker: awaited before each claim (it gives way to a busy ingest).
+        self.before_claim: Callable[[], Awaitable[None]] | None = None
         self._exemplar_at: dict[int, float] = {}
 
     def wake(self, services: Iterable[str]) -> None:
@@ -164,6 +166,8 @@ class Settler:
         """Settle every failure of `service` that is due; the number this call decided."""
         decided = 0
         while True:
+            if self.before_claim is not None and not force:
+                await self.before_claim()
             claimed = await self.store.claim_due(
                 service, lateness=self.lateness, now=now, force=force, limit=self.batch_size
             )

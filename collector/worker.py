@@ -13,13 +13,17 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 
 import uvloop
 from prometheus_client import CollectorRegistry
 
 from collector.logs import configure_logging, get_logger
 from collector.metrics import Metrics
+from collector.processes import name_process, tune_gc
 from collector.settings import Settings
 from collector.settle import Settler, Tally
 from collector.store import Store
@@ -32,19 +36,43 @@ SEND_INTERVAL_SECONDS = 0.2
 # of milliseconds; 100 lets ingest commands in between.
 CLAIM_BATCH = 100
 LANES = 2
+YIELD_POLL_SECONDS = 0.05
 
 
-def run(settings_json: str, conn: Connection) -> None:
+async def give_way(
+    busy: Callable[[], bool], limit: float, poll: float = YIELD_POLL_SECONDS
+) -> float:
+    """Wait while `busy()`, at most `limit` seconds; the seconds waited.
+
+    Ingest acknowledges what shippers send and settling only explains it later: while more
+    batches arrive than ingest is storing, the settle worker leaves the CPU (and Redis) to
+    them. The limit keeps settling going at one claim per lane per `limit` seconds even under
+    a load that never lets up; the backlog shows in precondition_collector_pending_failures.
+    """
+    started = time.monotonic()
+    while busy():
+        left = limit - (time.monotonic() - started)
+        if left <= 0:
+            break
+        await asyncio.sleep(min(poll, left))
+    return time.monotonic() - started
+
+
+def run(settings_json: str, conn: Connection, busy: Synchronized[int] | None = None) -> None:
     """The worker process's entry point: settle until the serving process goes away."""
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
+    name_process("pw-settle")
+    tune_gc()
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C.
-    uvloop.run(_settle(settings, conn, os.getppid()))
+    uvloop.run(_settle(settings, conn, os.getppid(), busy))
 
 
-async def _settle(settings: Settings, conn: Connection, parent: int) -> None:
+async def _settle(
+    settings: Settings, conn: Connection, parent: int, busy: Synchronized[int] | None = None
+) -> None:
     store = Store.from_url(
         settings.redis_url,
         retention_seconds=settings.retention_seconds,
@@ -62,6 +90,13 @@ async def _settle(settings: Settings, conn: Connection, parent: int) -> None:
     )
     tally = Tally()
     settler.on_counted = tally.add
+    if busy is not None and settings.settle_yield_seconds > 0:
+        limit = settings.settle_yield_seconds
+
+        async def before_claim() -> None:
+            await give_way(lambda: bool(busy.value), limit)
+
+        settler.before_claim = before_claim
     task = asyncio.create_task(settler.run(settings.settle_interval_seconds))
     try:
         while os.getppid() == parent and not task.done():
@@ -85,13 +120,20 @@ class SettleWorker:
         self.settler = settler
         self.process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        context = multiprocessing.get_context("spawn")
+        # Shared memory the worker reads before each claim; one writer, no lock needed.
+        self._busy: Synchronized[int] = context.Value("b", 0, lock=False)
+
+    def ingest_busy(self, busy: bool) -> None:
+        """Tell the worker whether ingest is saturated (it gives way while it is)."""
+        self._busy.value = int(busy)
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
         process = context.Process(
             target=run,
-            args=(self.settings.model_dump_json(), sending),
+            args=(self.settings.model_dump_json(), sending, self._busy),
             name="precondition-watch-settle",
             daemon=True,
         )

@@ -71,29 +71,52 @@ def realistic_events(count: int, seed: int = 1) -> list[bytes]:
     return lines
 
 
-def cpu_seconds(pid: int, *, children: bool = True) -> float:
-    """User plus system CPU time a process, and unless told otherwise its live children (the
-    settle worker), have used so far."""
-    total = 0.0
+def _family(pid: int) -> list[tuple[int, str, list[str]]]:
+    """The process and its live children (the ingest and settle processes): pid, name as `ps`
+    shows it, and the fields of /proc/<pid>/stat after the name."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+                head, _, tail = stat.read().rpartition(")")
         except OSError:
             continue  # gone meanwhile
-        if int(entry) == pid or (children and int(fields[1]) == pid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        fields = tail.split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            found.append((int(entry), head.split("(", 1)[1], fields))
+    return found
 
 
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def cpu_by_name(pid: int) -> dict[str, float]:
+    """User plus system CPU seconds of a process (as "serving") and of its children, summed by
+    name (`pw-ingest`, `pw-settle`)."""
+    seconds: dict[str, float] = {}
+    for child, name, fields in _family(pid):
+        used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        role = "serving" if child == pid else name
+        seconds[role] = seconds.get(role, 0.0) + used
+    return seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children."""
+    return sum(cpu_by_name(pid).values())
+
+
+def peak_rss_mib(pid: int, *, children: bool = True) -> float:
+    """Peak resident memory of a process, plus unless told otherwise that of each of its live
+    children."""
+    total = 0
+    for child, _, _ in _family(pid):
+        if child != pid and not children:
+            continue
+        with open(f"/proc/{child}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 async def post_batches(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
@@ -218,13 +241,16 @@ def main() -> int:
         assert redis_server.process is not None
         pids = (collector.pid, redis_server.process.pid)
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}
-        serving_before = cpu_seconds(collector.pid, children=False)
+        roles_before = cpu_by_name(collector.pid)
         client_before = time.process_time()
         started = time.perf_counter()
         latencies, accepted = asyncio.run(post_batches(port, bodies, args.concurrency))
         elapsed = time.perf_counter() - started
         cpu = [cpu_seconds(pid) - cpu_before[pid] for pid in pids]
-        serving = cpu_seconds(collector.pid, children=False) - serving_before
+        roles = {
+            role: used - roles_before.get(role, 0.0)
+            for role, used in cpu_by_name(collector.pid).items()
+        }
         client_cpu = time.process_time() - client_before
         settled_during = failures_counted(base)
         latencies.sort()
@@ -233,11 +259,15 @@ def main() -> int:
         print(f"events stored:      {accepted}")
         print(f"throughput:         {accepted / elapsed:,.0f} events/s ({elapsed:.1f} s)")
         print(f"batch latency:      p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        print(f"collector peak RSS: {peak_rss_mib(collector.pid):.0f} MiB")
         print(
-            f"CPU while sending:  collector {cpu[0]:.1f} s (serving {serving:.1f} s, "
-            f"settle worker {cpu[0] - serving:.1f} s), redis-server {cpu[1]:.1f} s, "
-            f"this client {client_cpu:.1f} s"
+            f"collector peak RSS: {peak_rss_mib(collector.pid):.0f} MiB in all its processes "
+            f"(serving process {peak_rss_mib(collector.pid, children=False):.0f} MiB)"
+        )
+        print(
+            f"CPU while sending:  collector {cpu[0]:.1f} s (serving {roles['serving']:.1f} s, "
+            f"ingest processes {roles.get('pw-ingest', 0.0):.1f} s, "
+            f"settle worker {roles.get('pw-settle', 0.0):.1f} s), "
+            f"redis-server {cpu[1]:.1f} s, this client {client_cpu:.1f} s"
         )
         print(f"settled meanwhile:  {settled_during:.0f} of {failures} failures", flush=True)
         # The bench replays an hour of traffic in seconds: like any replay it ends with a flush

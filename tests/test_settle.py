@@ -193,3 +193,22 @@ def test_a_tally_counts_what_each_failure_would() -> None:
 
     assert samples(summed) == samples(one_by_one)
     assert failures_in(summed) == 5
+
+
+async def test_a_worker_hook_runs_before_each_claim_but_not_for_a_flush(store: Store) -> None:
+    """The settle worker gives way to ingest before each claim; a flush never waits."""
+    settler = Settler(store, Metrics(CollectorRegistry()), window=300, lateness=5, batch_size=2)
+    hooked = 0
+
+    async def before_claim() -> None:
+        nonlocal hooked
+        hooked += 1
+
+    settler.before_claim = before_claim
+    failures = [conflict(f"f{i}", T + i) for i in range(5)]
+    await store.ingest([write("w0", T - 60, MD5_A), *failures], T)
+    assert await settler.settle_service("shop", now=T + 20) == 5
+    assert hooked == 3  # claims of 2, 2 and 1
+    await store.ingest([conflict("f9", T + 9)], T + 20)
+    assert await settler.settle_all(force=True, now=T + 20) == 1
+    assert hooked == 3

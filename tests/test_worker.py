@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,7 +10,12 @@ import time
 
 import httpx
 import orjson
+import pytest
+from prometheus_client import CollectorRegistry
 
+from collector.runtime import Collector
+from collector.settings import Settings
+from collector.worker import give_way
 from tests.conftest import ROOT, free_port, wait_for
 
 
@@ -51,3 +57,80 @@ def test_worker_settles_and_the_server_counts(redis_url: str) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Live child processes of `pid` and their names as `ps` shows them."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    head, _, tail = stat.read().rpartition(")")
+            except OSError:
+                continue
+            if int(tail.split()[1]) == pid:
+                found[int(entry)] = head.split("(", 1)[1]
+    return found
+
+
+def test_serve_runs_named_processes_and_stops_them_all(redis_url: str) -> None:
+    """Two ingest processes and a settle worker, named for `top`; none outlives `serve`."""
+    port = free_port()
+    env = {**os.environ, "PW_REDIS_URL": redis_url, "PW_INGEST_PROCESSES": "2"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "collector", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
+
+        def named() -> list[str]:
+            return sorted(n for n in children_of(server.pid).values() if n.startswith("pw-"))
+
+        # The worker names itself once its imports are done, maybe after /readyz answered.
+        wait_for(lambda: named() == ["pw-ingest", "pw-ingest", "pw-settle"], what=str(named()))
+        children = set(children_of(server.pid))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    def all_gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") for pid in children)
+
+    wait_for(all_gone, what="the collector's processes to exit")
+
+
+@pytest.mark.anyio
+async def test_give_way_waits_while_busy_and_no_longer_than_its_limit() -> None:
+    calls = 0
+
+    def busy_three_times() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls <= 3
+
+    assert await give_way(lambda: False, limit=5) == pytest.approx(0, abs=0.05)
+    waited = await give_way(busy_three_times, limit=5, poll=0.01)
+    assert calls == 4 and 0.02 <= waited < 1
+    assert 0.2 <= await give_way(lambda: True, limit=0.2, poll=0.01) < 1
+
+
+@pytest.mark.anyio
+async def test_the_worker_is_told_while_ingest_is_saturated() -> None:
+    """More batches in flight than ingest lanes: busy; all answered: not busy any more."""
+    collector = Collector(Settings(), registry=CollectorRegistry())
+    told: list[bool] = []
+
+    class Recorder:
+        def ingest_busy(self, busy: bool) -> None:
+            told.append(busy)
+
+    collector.worker = Recorder()  # type: ignore[assignment]
+    line = orjson.dumps({"service": "b", "request_id": "r", "status": 200})
+    await asyncio.gather(*(collector.ingest(line, None, None) for _ in range(3)))
+    assert collector.ingest_lanes == 1
+    assert True in told and told[-1] is False
+    await collector.store.close()

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from collector.api.deps import CollectorDep, IngestAuth
 from collector.logs import get_logger
-from collector.payload import PayloadError, decompress, split_records
+from collector.payload import PayloadError, decompress
 
 router = APIRouter(tags=["ingest"])
 log = get_logger("collector.ingest")
@@ -39,12 +39,13 @@ async def post_events(
     limit = collector.settings.max_body_bytes
     raw = await read_body(request, limit)
     body = decompress(raw, request.headers.get("content-encoding"), limit)
-    records = split_records(body, request.headers.get("content-type"))
     default_service = service or request.headers.get("x-service-name") or None
-    result = await collector.ingestor.ingest(records, default_service=default_service)
+    records, result = await collector.ingest(
+        body, request.headers.get("content-type"), default_service
+    )
     log.info(
         "batch",
-        records=len(records),
+        records=records,
         accepted=result.accepted,
         duplicates=result.duplicates,
         rejected=len(result.rejected),
