@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -415,20 +414,34 @@ def _service_commands(
     """
     sp = service_prefix(service)
     commands: list[tuple[Any, ...]] = []
-    # Only failures have a decision to look up by request id.
-    requests = [
-        x for e in new if e.status in FAILURE_STATUSES for x in (e.request_id, e.resource_id)
-    ]
+    # One pass over the new events (this runs for every event stored).
+    requests: list[str] = []  # only failures have a decision to look up by request id
+    owners: dict[str, str] = {}
+    versions: dict[str, float] = {}
+    hot: dict[tuple[int, str], int] = {}
+    minutes: dict[int, int] = {}
+    for e in new:
+        status = e.status
+        minute = int(e.ts // 60)
+        minutes[minute] = minutes.get(minute, 0) + 1
+        if status in FAILURE_STATUSES:
+            requests += (e.request_id, e.resource_id)
+            if status != 428:
+                key = (minute, e.resource_id)
+                hot[key] = hot.get(key, 0) + 1
+        elif 200 <= status < 300 and e.current_etag:
+            owners[e.current_etag] = e.resource_id
+        version = e.deploy_version
+        if version and (version not in versions or e.ts < versions[version]):
+            versions[version] = e.ts
     if requests:
         commands += [
             ("HSET", f"{sp}q:{bucket}", *requests),
             ("EXPIRE", f"{sp}q:{bucket}", bucket_ttl),
         ]
-    etags = {e.current_etag: e.resource_id for e in new if 200 <= e.status < 300 and e.current_etag}
-    if etags:
-        owners = [x for pair in etags.items() for x in pair]
+    if owners:
         commands += [
-            ("HSET", f"{sp}x:{bucket}", *owners),
+            ("HSET", f"{sp}x:{bucket}", *[x for pair in owners.items() for x in pair]),
             ("EXPIRE", f"{sp}x:{bucket}", bucket_ttl),
         ]
     pending: list[str] = []
@@ -442,23 +455,17 @@ def _service_commands(
             )
     if pending:
         commands.append(("ZADD", sp + "p", "NX", *pending))
-    versions: dict[str, float] = {}
-    for event in new:
-        version = event.deploy_version
-        if version and (version not in versions or event.ts < versions[version]):
-            versions[version] = event.ts
     if versions:
         first = [x for version, ts in versions.items() for x in (repr(ts), version)]
         commands += [("ZADD", sp + "v", "LT", *first), ("EXPIRE", sp + "v", ttl)]
     if formats:
         seen = [x for version, fp, ts in formats for x in (repr(ts), f"{version}{US}{fp}")]
         commands += [("ZADD", sp + "f", "LT", *seen), ("EXPIRE", sp + "f", ttl)]
-    hot = Counter((int(e.ts // 60), e.resource_id) for e in new if e.status in (409, 412))
     for (minute, resource), n in hot.items():
         commands.append(("ZINCRBY", f"{sp}h:{minute}", n, resource))
     for minute in {minute for minute, _ in hot}:
         commands.append(("EXPIRE", f"{sp}h:{minute}", ttl))
-    for minute, n in Counter(int(e.ts // 60) for e in new).items():
+    for minute, n in minutes.items():
         commands += [("HINCRBY", f"{sp}n:{minute}", "req", n), ("EXPIRE", f"{sp}n:{minute}", ttl)]
     newest = repr(max(e.ts for e in touched))
     commands += [
@@ -605,10 +612,15 @@ class _BulkConnection:
         self._reader = self._writer = None
 
 
+# What an error reply is, from hiredis or redis-py: a tuple made once, as every reply of a
+# batch is checked against it.
+_ERRORS = (hiredis.ReplyError, RedisError)
+
+
 def _check(replies: list[Any]) -> list[Any]:
-    """The replies, unless one is an error (hiredis's or redis-py's)."""
+    """The replies, unless one is an error."""
     for reply in replies:
-        if isinstance(reply, hiredis.ReplyError | RedisError):
+        if isinstance(reply, _ERRORS):
             raise StoreUnavailableError(f"Redis answered: {reply}")
     return replies
 
@@ -775,7 +787,11 @@ class Store:
                     return _check(await self._send(commands))
                 await self._load_scripts()
                 replies = await self._send(resolved(commands))
-                lost = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+                lost = [
+                    i
+                    for i, reply in enumerate(replies)
+                    if isinstance(reply, _ERRORS) and _is_noscript(reply)
+                ]
                 if lost:
                     self._shas = {}
                     await self._load_scripts()
