@@ -20,6 +20,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ def _socket_of(conn: Connection) -> socket.socket:
 
 def run(settings_json: str, conn: Connection) -> None:
     """An ingest process's entry point: store batches until the serving process goes away."""
+    # Ctrl-C reaches the whole process group: the serving process stops this one in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
     name_process("pw-ingest")
@@ -253,12 +256,15 @@ class IngestPool:
         return done
 
     async def check(self) -> None:
-        """Start a new process for each one that died."""
+        """Start a new process for each one that died (or try again at the next check)."""
         for index, process in enumerate(self._processes):
             if not process.alive:
                 log.warning("ingest_process_died", exitcode=process.process.exitcode)
                 process.stop()
-                self._processes[index] = await self._started()
+                try:
+                    self._processes[index] = await self._started()
+                except RuntimeError as exc:
+                    log.error("ingest_process_not_started", error=str(exc))
 
     def stop(self) -> None:
         for process in self._processes:

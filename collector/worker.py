@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -60,6 +61,8 @@ async def give_way(
 
 def run(settings_json: str, conn: Connection, busy: Synchronized[int] | None = None) -> None:
     """The worker process's entry point: settle until the serving process goes away."""
+    # Ctrl-C reaches the whole process group: the serving process stops this one in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
     name_process("pw-settle")
