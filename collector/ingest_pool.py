@@ -104,6 +104,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         timeline_max_events=settings.timeline_max_events,
         lineage_max_writes=settings.lineage_max_writes,
     )
+    # Round trips of every batch in flight; each answer takes what has gathered so far, so
+    # each timing reaches the serving process exactly once.
     timings: list[tuple[str, float, bool]] = []
     store.observer = lambda operation, seconds, failed: timings.append((operation, seconds, failed))
     # Its own registry: nothing scrapes it; the serving process counts what comes back.

@@ -152,7 +152,7 @@ class Settler:
         # Set in a settle worker: decided failures go to the serving process to be counted.
         self.on_counted: Callable[[Counted], None] | None = None
         # Set in a settle worker: awaited before each claim (it gives way to a busy ingest).
-        self.before_claim: Callable[[], Awaitable[None]] | None = None
+        self.before_claim: Callable[[], Awaitable[object]] | None = None
         self._exemplar_at: dict[int, float] = {}
 
     def wake(self, services: Iterable[str]) -> None:

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 
@@ -59,6 +59,21 @@ async def give_way(
     return time.monotonic() - started
 
 
+def claim_gate(
+    busy: Synchronized[int] | None, limit: float
+) -> Callable[[], Awaitable[float]] | None:
+    """What the worker awaits before each claim: give way while the serving process says ingest
+    is saturated (None when there is no such signal or PW_SETTLE_YIELD_SECONDS is 0)."""
+    if busy is None or limit <= 0:
+        return None
+    flag = busy
+
+    def saturated() -> bool:
+        return bool(flag.value)
+
+    return lambda: give_way(saturated, limit)
+
+
 def run(settings_json: str, conn: Connection, busy: Synchronized[int] | None = None) -> None:
     """The worker process's entry point: settle until the serving process goes away."""
     # Ctrl-C reaches the whole process group: the serving process stops this one in order.
@@ -93,13 +108,7 @@ async def _settle(
     )
     tally = Tally()
     settler.on_counted = tally.add
-    if busy is not None and settings.settle_yield_seconds > 0:
-        limit = settings.settle_yield_seconds
-
-        async def before_claim() -> None:
-            await give_way(lambda: bool(busy.value), limit)
-
-        settler.before_claim = before_claim
+    settler.before_claim = claim_gate(busy, settings.settle_yield_seconds)
     task = asyncio.create_task(settler.run(settings.settle_interval_seconds))
     try:
         while os.getppid() == parent and not task.done():

@@ -238,6 +238,13 @@ def main() -> int:
     print(f"machine speed:      {machine_speed(lines):.2f} us to parse an event (lower is faster)")
     try:
         wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, what="collector")
+        if os.environ.get("PW_SETTLE_PROCESS", "true").lower() not in ("false", "0"):
+            # The settle process names itself once its imports are done: measure from then,
+            # not its start-up.
+            wait_for(
+                lambda: any(name == "pw-settle" for _, name, _ in _family(collector.pid)),
+                what="the settle process",
+            )
         assert redis_server.process is not None
         pids = (collector.pid, redis_server.process.pid)
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}

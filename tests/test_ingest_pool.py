@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -18,7 +17,7 @@ from collector.metrics import Metrics
 from collector.payload import PayloadError, split_records
 from collector.runtime import Collector
 from collector.settings import Settings
-from collector.store import Store, StoreUnavailableError
+from collector.store import StoreUnavailableError
 from tests.conftest import RedisServer, make_store, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -148,11 +147,12 @@ async def test_the_embedded_store_ingests_in_the_serving_process() -> None:
     await collector.store.close()
 
 
-async def test_a_store_is_never_opened_by_the_pool_without_redis() -> None:
-    """PW_INGEST_PROCESSES=0 keeps ingest in the serving process even with a real Redis."""
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", ingest_processes=0)
+async def test_no_ingest_processes_keeps_ingest_in_the_serving_process(redis_url: str) -> None:
+    """PW_INGEST_PROCESSES=0: a real Redis, and the serving process stores the batch itself."""
+    settings = Settings(redis_url=redis_url, ingest_processes=0)
     collector = Collector(settings, registry=CollectorRegistry())
-    assert collector.pool is None
-    assert isinstance(collector.store, Store)
+    assert collector.pool is None and collector.ingest_lanes == 1
+    records, result = await collector.ingest(body_of("inline"), None, None)
+    assert (records, result.accepted) == (44, 40)
+    assert await collector.store.find_request("inline", "req-1") == "res-1"
     await collector.store.close()
-    await asyncio.sleep(0)

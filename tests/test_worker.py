@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.runtime import Collector
 from collector.settings import Settings
-from collector.worker import give_way
+from collector.worker import claim_gate, give_way
 from tests.conftest import ROOT, free_port, wait_for
 
 
@@ -134,3 +135,15 @@ async def test_the_worker_is_told_while_ingest_is_saturated() -> None:
     assert collector.ingest_lanes == 1
     assert True in told and told[-1] is False
     await collector.store.close()
+
+
+@pytest.mark.anyio
+async def test_the_claim_gate_reads_the_flag_the_serving_process_sets() -> None:
+    """The worker's gate waits on the shared flag, up to PW_SETTLE_YIELD_SECONDS."""
+    flag = multiprocessing.get_context("spawn").Value("b", 0, lock=False)
+    assert claim_gate(None, 2.0) is None and claim_gate(flag, 0) is None
+    gate = claim_gate(flag, 0.2)
+    assert gate is not None
+    assert await gate() < 0.1
+    flag.value = 1
+    assert await gate() >= 0.2
