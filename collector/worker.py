@@ -1,10 +1,12 @@
 """The settle worker: settling in its own process, at a lower CPU priority than ingest.
 
 Ingest and classification both cost Python CPU, and one process has one core's worth. With
-Redis as the shared state, a second process settles while the first only ingests: a burst is
-stored at the rate one core parses it, and classified with what CPU is left (the OS gives the
-worker less while ingest is busy). The worker sends what it decided, summed by label set, to the
-serving process, which counts it, so `/metrics` stays one scrape target with exemplars.
+Redis as the shared state, a separate process settles while the serving and ingest processes
+store batches. Ingest comes first: while the serving process reports more batches in flight than
+ingest processes, the worker waits before each claim (up to PW_SETTLE_YIELD_SECONDS), so a
+burst is stored at the rate the ingest processes parse it and classified when it ends. The
+worker sends what it decided, summed by label set, to the serving process, which counts it, so
+`/metrics` stays one scrape target with exemplars.
 """
 
 from __future__ import annotations
