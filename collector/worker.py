@@ -76,7 +76,12 @@ def claim_gate(
     return lambda: give_way(saturated, limit)
 
 
-def run(settings_json: str, conn: Connection, busy: Synchronized[int] | None = None) -> None:
+def run(
+    settings_json: str,
+    conn: Connection,
+    busy: Synchronized[int] | None = None,
+    parent: int | None = None,
+) -> None:
     """The worker process's entry point: settle until the serving process goes away."""
     # Ctrl-C reaches the whole process group: the serving process stops this one in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -86,8 +91,10 @@ def run(settings_json: str, conn: Connection, busy: Synchronized[int] | None = N
     tune_gc()
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C.
-    uvloop.run(_settle(settings, conn, os.getppid(), busy))
+    # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C. The
+    # serving process's pid as it passed it: if it died while this one started, getppid() here
+    # would already name the process that adopted this one, and the worker would never stop.
+    uvloop.run(_settle(settings, conn, os.getppid() if parent is None else parent, busy))
 
 
 async def _settle(
@@ -147,7 +154,7 @@ class SettleWorker:
         receiving, sending = context.Pipe(duplex=False)
         process = context.Process(
             target=run,
-            args=(self.settings.model_dump_json(), sending, self._busy),
+            args=(self.settings.model_dump_json(), sending, self._busy, os.getpid()),
             name="precondition-watch-settle",
             daemon=True,
         )

@@ -147,3 +147,28 @@ async def test_the_claim_gate_reads_the_flag_the_serving_process_sets() -> None:
     assert await gate() < 0.1
     flag.value = 1
     assert await gate() >= 0.2
+
+
+def test_the_collectors_processes_exit_when_serve_is_killed(redis_url: str) -> None:
+    """SIGKILL gives `serve` no chance to stop them: they notice and exit on their own, even
+    while still starting."""
+    port = free_port()
+    env = {**os.environ, "PW_REDIS_URL": redis_url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "collector", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
+        children = set(children_of(server.pid))
+        assert len(children) >= 3  # two ingest processes and the settle worker, maybe starting
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+    def all_gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") for pid in children)
+
+    wait_for(all_gone, timeout=20, what="the collector's processes to exit after SIGKILL")
