@@ -97,7 +97,7 @@ class StoredBatch:
 class Ingestor:
     """Stores batches and counts them; calls `on_stored` with the services that got events.
 
-    `store` (parse and store, no metrics) and `count` are apart so that an ingest process can
+    `store_batch` (parse and store, no metrics) and `count` are apart so that an ingest process can
     store a batch and the serving process, which owns the metrics, count it.
     """
 

@@ -20,7 +20,6 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import signal
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from collector.ingest import Ingestor, StoredBatch
-from collector.logs import configure_logging, get_logger
+from collector.logs import get_logger
 from collector.metrics import Metrics
 from collector.payload import PayloadError, split_records
-from collector.processes import name_process, tune_gc
+from collector.processes import start_child
 from collector.settings import Settings
 from collector.store import Store, StoreUnavailableError
 
@@ -88,22 +87,12 @@ def _socket_of(conn: Connection) -> socket.socket:
 
 def run(settings_json: str, conn: Connection) -> None:
     """An ingest process's entry point: store batches until the serving process goes away."""
-    # Ctrl-C reaches the whole process group: the serving process stops this one in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level, settings.log_format)
-    name_process("pw-ingest")
-    tune_gc()
+    settings = start_child(settings_json, "pw-ingest")
     uvloop.run(_serve(settings, _socket_of(conn)))
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> None:
-    store = Store.from_url(
-        settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        timeline_max_events=settings.timeline_max_events,
-        lineage_max_writes=settings.lineage_max_writes,
-    )
+    store = Store.from_settings(settings)
     # Round trips of every batch in flight; each answer takes what has gathered so far, so
     # each timing reaches the serving process exactly once.
     timings: list[tuple[str, float, bool]] = []
@@ -233,10 +222,6 @@ class IngestPool:
         process = _Process(self.settings)
         await process.connect()
         return process
-
-    @property
-    def in_flight(self) -> int:
-        return sum(len(p.waiting) for p in self._processes)
 
     async def store(self, job: Job) -> Done:
         """Store a body in the least busy live process; raises PayloadError for an unreadable

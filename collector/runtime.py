@@ -32,12 +32,7 @@ class Collector:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or Store.from_url(
-            settings.redis_url,
-            retention_seconds=settings.retention_seconds,
-            timeline_max_events=settings.timeline_max_events,
-            lineage_max_writes=settings.lineage_max_writes,
-        )
+        self.store = store or Store.from_settings(settings)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(
             self.registry,
@@ -72,7 +67,7 @@ class Collector:
         )
         self.in_flight = 0  # batches being stored now
         # More batches in flight than processes storing them: ingest is saturated.
-        self.ingest_lanes = max(1, settings.ingest_processes if self.pool else 1)
+        self.ingest_lanes = self.pool.size if self.pool else 1
         self.worker = (
             SettleWorker(settings, self.settler) if shared and settings.settle_process else None
         )
@@ -86,9 +81,7 @@ class Collector:
         nothing was acknowledged."""
         started = time.perf_counter()
         received_at = time.time()
-        self.in_flight += 1
-        if self.worker is not None:
-            self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
+        self._in_flight(+1)
         try:
             if self.pool is None:
                 records = split_records(body, content_type)
@@ -103,10 +96,14 @@ class Collector:
                 assert done.batch is not None
                 count, batch = done.records, done.batch
         finally:
-            self.in_flight -= 1
-            if self.worker is not None:
-                self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
+            self._in_flight(-1)
         return count, self.ingestor.count(batch, time.perf_counter() - started)
+
+    def _in_flight(self, change: int) -> None:
+        """Count batches being stored and tell the settle worker whether ingest is saturated."""
+        self.in_flight += change
+        if self.worker is not None:
+            self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
 
     def _stored(self, services: set[str]) -> None:
         """After every stored batch: the services' watermarks may have moved."""

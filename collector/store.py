@@ -54,6 +54,7 @@ from redis.exceptions import NoScriptError, RedisError
 from collector.classify import LineageWrite, PriorFailure
 from collector.etag import parse_precondition
 from collector.event import FAILURE_STATUSES, Event
+from collector.settings import Settings
 
 US = "\x1f"  # never inside a stored field: event.py rejects control characters
 RS = "\x1e"
@@ -707,6 +708,16 @@ class Store:
         if plain:
             store._bulk = _Bulk(pool.connection_kwargs)
         return store
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store every collector process opens: PW_REDIS_URL with the configured caps."""
+        return cls.from_url(
+            settings.redis_url,
+            retention_seconds=settings.retention_seconds,
+            timeline_max_events=settings.timeline_max_events,
+            lineage_max_writes=settings.lineage_max_writes,
+        )
 
     async def close(self) -> None:
         if self._bulk is not None:

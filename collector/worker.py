@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
@@ -24,9 +23,9 @@ from multiprocessing.sharedctypes import Synchronized
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from collector.logs import configure_logging, get_logger
+from collector.logs import get_logger
 from collector.metrics import Metrics
-from collector.processes import name_process, tune_gc
+from collector.processes import start_child
 from collector.settings import Settings
 from collector.settle import Settler, Tally
 from collector.store import Store
@@ -83,12 +82,7 @@ def run(
     parent: int | None = None,
 ) -> None:
     """The worker process's entry point: settle until the serving process goes away."""
-    # Ctrl-C reaches the whole process group: the serving process stops this one in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level, settings.log_format)
-    name_process("pw-settle")
-    tune_gc()
+    settings = start_child(settings_json, "pw-settle")
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C. The
@@ -100,12 +94,7 @@ def run(
 async def _settle(
     settings: Settings, conn: Connection, parent: int, busy: Synchronized[int] | None = None
 ) -> None:
-    store = Store.from_url(
-        settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        timeline_max_events=settings.timeline_max_events,
-        lineage_max_writes=settings.lineage_max_writes,
-    )
+    store = Store.from_settings(settings)
     # Its own registry: nothing scrapes it; what counts goes to the parent.
     settler = Settler(
         store,

@@ -18,7 +18,7 @@ import time
 import httpx
 import orjson
 
-from tests.conftest import ROOT, RedisServer, free_port, wait_for
+from tests.conftest import ROOT, RedisServer, free_port, process_family, wait_for
 
 
 def realistic_events(count: int, seed: int = 1) -> list[bytes]:
@@ -71,29 +71,11 @@ def realistic_events(count: int, seed: int = 1) -> list[bytes]:
     return lines
 
 
-def _family(pid: int) -> list[tuple[int, str, list[str]]]:
-    """The process and its live children (the ingest and settle processes): pid, name as `ps`
-    shows it, and the fields of /proc/<pid>/stat after the name."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                head, _, tail = stat.read().rpartition(")")
-        except OSError:
-            continue  # gone meanwhile
-        fields = tail.split()
-        if int(entry) == pid or int(fields[1]) == pid:
-            found.append((int(entry), head.split("(", 1)[1], fields))
-    return found
-
-
 def cpu_by_name(pid: int) -> dict[str, float]:
     """User plus system CPU seconds of a process (as "serving") and of its children, summed by
     name (`pw-ingest`, `pw-settle`)."""
     seconds: dict[str, float] = {}
-    for child, name, fields in _family(pid):
+    for child, name, fields in process_family(pid):
         used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         role = "serving" if child == pid else name
         seconds[role] = seconds.get(role, 0.0) + used
@@ -109,7 +91,7 @@ def peak_rss_mib(pid: int, *, children: bool = True) -> float:
     """Peak resident memory of a process, plus unless told otherwise that of each of its live
     children."""
     total = 0
-    for child, _, _ in _family(pid):
+    for child, _, _ in process_family(pid):
         if child != pid and not children:
             continue
         with open(f"/proc/{child}/status") as status:
@@ -242,7 +224,7 @@ def main() -> int:
             # The settle process names itself once its imports are done: measure from then,
             # not its start-up.
             wait_for(
-                lambda: any(name == "pw-settle" for _, name, _ in _family(collector.pid)),
+                lambda: any(name == "pw-settle" for _, name, _ in process_family(collector.pid)),
                 what="the settle process",
             )
         assert redis_server.process is not None

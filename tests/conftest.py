@@ -39,6 +39,24 @@ def free_port() -> int:
         return port
 
 
+def process_family(pid: int) -> list[tuple[int, str, list[str]]]:
+    """A process and its live children (a collector's ingest and settle processes): pid, name as
+    `ps` shows it, and the fields of /proc/<pid>/stat after the name."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                head, _, tail = stat.read().rpartition(")")
+        except OSError:
+            continue  # gone meanwhile
+        fields = tail.split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            found.append((int(entry), head.split("(", 1)[1], fields))
+    return found
+
+
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
     """Poll `condition()` until it is truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -17,22 +17,32 @@ from prometheus_client import CollectorRegistry
 from collector.runtime import Collector
 from collector.settings import Settings
 from collector.worker import claim_gate, give_way
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, process_family, wait_for
 
 
-def test_worker_settles_and_the_server_counts(redis_url: str) -> None:
-    """A race posted to `serve` is classified by its settle worker and counted in /metrics."""
+def start_serve(redis_url: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`precondition-watch serve` on a free port and the real Redis, once it is ready."""
     port = free_port()
-    env = {**os.environ, "PW_REDIS_URL": redis_url, "PW_ALLOWED_LATENESS_SECONDS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "collector", "serve", "--port", str(port)],
-        env=env,
+        env={**os.environ, "PW_REDIS_URL": redis_url, **env},
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, what="collector")
+    except BaseException:
+        server.kill()
+        server.wait(timeout=30)
+        raise
+    return server, base
+
+
+def test_worker_settles_and_the_server_counts(redis_url: str) -> None:
+    """A race posted to `serve` is classified by its settle worker and counted in /metrics."""
+    server, base = start_serve(redis_url, PW_ALLOWED_LATENESS_SECONDS="1")
+    try:
         now = time.time()
         old, new = '"6f1ed002ab5595859014ebf0951522d9"', '"b5c0b187fe309af0f4d35982fd961d7e"'
         lines = [
@@ -62,31 +72,13 @@ def test_worker_settles_and_the_server_counts(redis_url: str) -> None:
 
 def children_of(pid: int) -> dict[int, str]:
     """Live child processes of `pid` and their names as `ps` shows them."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    head, _, tail = stat.read().rpartition(")")
-            except OSError:
-                continue
-            if int(tail.split()[1]) == pid:
-                found[int(entry)] = head.split("(", 1)[1]
-    return found
+    return {child: name for child, name, _ in process_family(pid) if child != pid}
 
 
 def test_serve_runs_named_processes_and_stops_them_all(redis_url: str) -> None:
     """Two ingest processes and a settle worker, named for `top`; none outlives `serve`."""
-    port = free_port()
-    env = {**os.environ, "PW_REDIS_URL": redis_url, "PW_INGEST_PROCESSES": "2"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
+    server, _ = start_serve(redis_url, PW_INGEST_PROCESSES="2")
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
 
         def named() -> list[str]:
             return sorted(n for n in children_of(server.pid).values() if n.startswith("pw-"))
@@ -152,16 +144,8 @@ async def test_the_claim_gate_reads_the_flag_the_serving_process_sets() -> None:
 def test_the_collectors_processes_exit_when_serve_is_killed(redis_url: str) -> None:
     """SIGKILL gives `serve` no chance to stop them: they notice and exit on their own, even
     while still starting."""
-    port = free_port()
-    env = {**os.environ, "PW_REDIS_URL": redis_url}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
+    server, _ = start_serve(redis_url)
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
         children = set(children_of(server.pid))
         assert len(children) >= 3  # two ingest processes and the settle worker, maybe starting
     finally:
