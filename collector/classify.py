@@ -9,18 +9,28 @@ wins; the order is the precedence, from the most certain and most actionable to 
 4. create_conflict       `If-None-Match: *` failed: the resource already exists.
 5. weak_etag             the current ETag is weak: strong comparison can never succeed.
 6. proxy_rewrite         If-Match equals the current ETag once an intermediary's rewrite is undone.
-7. format_change         If-Match has the ETag format of an earlier deploy, the current ETag the
-                         format of the deploy that answered.
-8. blind_retry           the same client got a 412 for the same resource and If-Match within W.
-9. concurrent_write      If-Match was this resource's ETag until another write at most W before.
-10. cross_resource       If-Match belongs to a different resource of the service, never this one
+7. format_change         a deploy changed how ETags are computed: If-Match has the format of an
+                         earlier deploy and the current ETag that of the deploy that answered;
+                         or If-Match was current under an earlier version, no logged write
+                         replaced it, and a later version answered the new value (same shape).
+8. unstable_etag         the current ETag went back to an earlier value with no write in between
+                         (A, B, A under one version) and If-Match is one of them: replicas or
+                         serialisations disagree about the same state.
+9. blind_retry           the same client got a 412 for the same resource and If-Match within W.
+10. concurrent_write     If-Match was this resource's ETag until another write at most W before.
+11. cross_resource       If-Match belongs to a different resource of the service, never this one
                          (high-entropy formats only: "1" on two resources is a coincidence).
-11. stale_etag           If-Match was superseded more than W before, or is an unknown ETag of the
+12. stale_etag           If-Match was superseded more than W before, or is an unknown ETag of the
                          current format.
-12. unknown              not enough evidence.
+13. unknown              not enough evidence.
 
-The systemic causes (5-7) come before blind_retry on purpose: a client behind a rewriting proxy
+The systemic causes (5-8) come before blind_retry on purpose: a client behind a rewriting proxy
 retries into the same wall, and on-call must see the proxy, not the retries.
+
+Every event of the resource is lineage evidence (`Sighting`): a 2xx write's If-Match (current
+until it) and ETag (current from it), a failure's current ETag (current then). So a race is
+recognised on a resource first seen mid-life, and its winner named, even when If-Match was
+never anyone's logged ETag.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ class Cause(StrEnum):
     CONCURRENT_WRITE = "concurrent_write"
     STALE_ETAG = "stale_etag"
     FORMAT_CHANGE = "format_change"
+    UNSTABLE_ETAG = "unstable_etag"
     PROXY_REWRITE = "proxy_rewrite"
     WEAK_ETAG = "weak_etag"
     CROSS_RESOURCE = "cross_resource"
@@ -65,13 +76,26 @@ class Cause(StrEnum):
 # Not frozen: settling builds thousands of these a second, and a frozen __init__ costs twice
 # as much. Nothing mutates them.
 @dataclass(slots=True)
-class LineageWrite:
-    """A successful write that made `etag` current at `ts`."""
+class Sighting:
+    """One event of a resource's lineage: which ETag it shows was current, when, and who said so.
+
+    Every event is lineage evidence (DESIGN: "Every event is lineage evidence"):
+
+    - kind `w`, a 2xx write: `if_match` was current until it, `etag` from it (`""` when the
+      write logged no ETag);
+    - kind `d`, a 2xx DELETE: `if_match` was current until it, and the lineage ends there;
+    - kind `f`, a failure: `etag` was current at `ts`.
+
+    `version` is the deploy version that answered (`""` when the event did not say).
+    """
 
     ts: float
     request_id: str
+    kind: str
     etag: str
     client_id: str | None = None
+    if_match: str = ""
+    version: str = ""
 
 
 @dataclass(slots=True)
@@ -89,7 +113,9 @@ class PriorFailure:
 class Context:
     """What the store knows around the failure; every field may be empty."""
 
-    writes: Sequence[LineageWrite] = ()
+    # The resource's sightings up to the failure (any order): the ones that mention If-Match,
+    # the one after each, and the newest since the last write.
+    lineage: Sequence[Sighting] = ()
     prior_failures: Sequence[PriorFailure] = ()
     # ETag (canonical form) -> the resource of the service that last had it.
     etag_owners: Mapping[str, str] = field(default_factory=dict)
@@ -110,6 +136,28 @@ class Decision:
         return {"cause": str(self.cause), "evidence": self.evidence}
 
 
+@dataclass(frozen=True, slots=True)
+class _Trace:
+    """What the lineage says became of one If-Match tag before the failure.
+
+    `held` is the newest sighting showing the tag current (None when the tag is only known as
+    the If-Match of the write that superseded it). `superseded_by` is the logged write that
+    replaced it; `replaced_by` the first sighting of another value when no logged write
+    explains the change (a deploy, a replica, or a write that was not logged). Both None:
+    the lineage still has the tag current.
+    """
+
+    held: Sighting | None
+    superseded_by: Sighting | None
+    replaced_by: Sighting | None
+
+    def age(self, now: float) -> float:
+        """Seconds since the tag stopped being current, or since it was last seen current."""
+        anchor = self.superseded_by or self.held
+        assert anchor is not None  # a trace holds at least one of them
+        return now - anchor.ts
+
+
 @dataclass
 class _Facts:
     """The failure with its headers parsed once, shared by every rule."""
@@ -121,12 +169,81 @@ class _Facts:
     current: EntityTag | None
 
     @cached_property
-    def supersession(self) -> _Supersession | None:
-        """Computed once: three rules (race, cross-resource, stale) look at it."""
-        return _supersession(self)
+    def lineage(self) -> list[Sighting]:
+        """The other events of the resource up to the failure, oldest first."""
+        return sorted(
+            (
+                s
+                for s in self.context.lineage
+                if s.ts <= self.failure.ts and s.request_id != self.failure.request_id
+            ),
+            key=lambda s: s.ts,
+        )
+
+    @cached_property
+    def trace(self) -> tuple[EntityTag, _Trace] | None:
+        """The If-Match tag that stopped being current most recently, and its trace; computed
+        once: the format, race, cross-resource and stale rules all read it."""
+        best: tuple[EntityTag, _Trace] | None = None
+        for tag in self.if_match.tags:
+            found = _trace(tag, self.lineage)
+            if found is not None and (
+                best is None or found.age(self.failure.ts) < best[1].age(self.failure.ts)
+            ):
+                best = (tag, found)
+        return best
+
+    @cached_property
+    def first_seen(self) -> dict[str, float]:
+        return dict(self.context.versions)
 
 
 Rule = Callable[[_Facts], Decision | None]
+
+
+def _is_tag(raw: str, tag: EntityTag) -> bool:
+    """Whether a logged ETag (raw) is `tag`, ignoring the weak flag."""
+    # A tag's opaque always appears in its raw form: most sightings are ruled out unparsed.
+    if not raw or tag.opaque not in raw:
+        return False
+    seen = parse_etag(raw)
+    return seen is not None and weak_match(seen, tag)
+
+
+def _in_precondition(raw: str, tag: EntityTag) -> bool:
+    """Whether a logged If-Match value (raw) lists `tag`."""
+    if not raw or tag.opaque not in raw:
+        return False
+    return any(weak_match(t, tag) for t in parse_precondition(raw).tags)
+
+
+def _trace(tag: EntityTag, lineage: Sequence[Sighting]) -> _Trace | None:
+    """Follow `tag` through the lineage (oldest first): where it was last current, and what
+    replaced it. None when the lineage never mentions it."""
+    for index in range(len(lineage) - 1, -1, -1):
+        sighting = lineage[index]
+        if _is_tag(sighting.etag, tag):
+            return _after(tag, sighting, lineage[index + 1 :])
+        if sighting.kind != "f" and _in_precondition(sighting.if_match, tag):
+            # The write's If-Match: current until this write, which superseded it.
+            return _Trace(None, sighting, None)
+    return None
+
+
+def _after(tag: EntityTag, held: Sighting, later: Sequence[Sighting]) -> _Trace:
+    """What came after the newest sighting of `tag` as current."""
+    for sighting in later:
+        if sighting.kind == "f":
+            if sighting.etag and not _is_tag(sighting.etag, tag):
+                return _Trace(held, None, sighting)  # changed, and no logged write did it
+            continue
+        if _is_tag(sighting.etag, tag):
+            continue  # a write that kept the same ETag
+        if not sighting.if_match or _in_precondition(sighting.if_match, tag):
+            return _Trace(held, sighting, None)  # this write replaced it
+        # The write's If-Match names another value: something unlogged replaced the tag first.
+        return _Trace(held, None, sighting)
+    return _Trace(held, None, None)
 
 
 def _missing_precondition(f: _Facts) -> Decision | None:
@@ -179,22 +296,37 @@ def _proxy_rewrite(f: _Facts) -> Decision | None:
     return None
 
 
+def _is_later(version: str, than: str, first_seen: Mapping[str, float]) -> bool:
+    """Whether `version` was deployed after `than` (both known, by first event time)."""
+    if not version or not than or version == than:
+        return False
+    a, b = first_seen.get(version), first_seen.get(than)
+    return a is not None and b is not None and a > b
+
+
 def _format_change(f: _Facts) -> Decision | None:
+    if f.current is None or not f.if_match.tags:
+        return None
+    return _new_format(f) or _regenerated(f)
+
+
+def _new_format(f: _Facts) -> Decision | None:
+    """If-Match has the ETag format of an earlier version, the current ETag that of this one."""
     version = f.failure.deploy_version
     formats = f.context.formats
-    if f.current is None or not f.if_match.tags or not version or version not in formats:
+    assert f.current is not None
+    if not version or version not in formats:
         return None
     current_format = fingerprint(f.current)
     if current_format not in formats[version]:
         return None
-    first_seen = dict(f.context.versions)
-    started = first_seen.get(version)
+    started = f.first_seen.get(version)
     for tag in f.if_match.tags:
         old_format = fingerprint(tag)
         if old_format == current_format or old_format in formats[version]:
             continue
         for earlier, seen in formats.items():
-            first = first_seen.get(earlier)
+            first = f.first_seen.get(earlier)
             is_earlier = earlier != version and (
                 started is None or first is None or first < started
             )
@@ -209,6 +341,59 @@ def _format_change(f: _Facts) -> Decision | None:
                     },
                 )
     return None
+
+
+def _regenerated(f: _Facts) -> Decision | None:
+    """Same shape, new values: If-Match was current under an earlier version, no logged write
+    replaced it, and the value that replaced it was answered by a later version."""
+    found = f.trace
+    if found is None:
+        return None
+    tag, trace = found
+    if trace.held is None or trace.superseded_by is not None:
+        return None
+    answered = trace.replaced_by.version if trace.replaced_by else f.failure.deploy_version
+    if not _is_later(answered or "", trace.held.version, f.first_seen):
+        return None
+    assert f.current is not None
+    return Decision(
+        Cause.FORMAT_CHANGE,
+        {
+            "if_match_format": fingerprint(tag),
+            "current_format": fingerprint(f.current),
+            "previous_version": trace.held.version,
+            "current_version": answered,
+            "if_match_seen": trace.held.request_id,
+            "same_shape": fingerprint(tag) == fingerprint(f.current),
+        },
+    )
+
+
+def _unstable_etag(f: _Facts) -> Decision | None:
+    """The current ETag went back to an earlier value with no write in between, under one
+    version, and If-Match is one of those values: replicas disagree about the same state."""
+    if f.current is None or not f.if_match.tags:
+        return None
+    version = f.failure.deploy_version or ""
+    span: list[EntityTag] = [f.current]  # current values, newest first, repeats in a row folded
+    for sighting in reversed(f.lineage):
+        if sighting.kind == "d" or (sighting.version and version and sighting.version != version):
+            break  # a delete or a deploy starts a new span
+        seen = parse_etag(sighting.etag) if sighting.etag else None
+        if seen is not None and not weak_match(seen, span[-1]):
+            span.append(seen)
+        if sighting.kind == "w":
+            break  # the write made its ETag current: the span starts there
+    distinct: list[EntityTag] = []  # oldest first
+    for tag in reversed(span):
+        if not any(weak_match(tag, d) for d in distinct):
+            distinct.append(tag)
+    if len(distinct) == len(span):
+        return None  # no value came back
+    if not any(weak_match(tag, d) for tag in f.if_match.tags for d in distinct):
+        return None
+    values = [str(tag) for tag in distinct][:6]
+    return Decision(Cause.UNSTABLE_ETAG, {"values": values, "flips": len(span) - 1})
 
 
 def _same_precondition(a: str | None, b: Precondition) -> bool:
@@ -245,64 +430,30 @@ def _blind_retry(f: _Facts) -> Decision | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Supersession:
-    """When and by whom the If-Match ETag stopped being current."""
-
-    became_current: LineageWrite
-    superseded_by: LineageWrite | None
-    age: float  # seconds from the superseding write (or the last sighting) to the failure
-
-
-def _is_written_tag(raw: str, tag: EntityTag) -> bool:
-    """Whether a lineage ETag (raw, as logged) is `tag`, ignoring the weak flag."""
-    # A tag's opaque always appears in its raw form: most writes are ruled out without parsing.
-    if tag.opaque not in raw:
-        return False
-    written = parse_etag(raw)
-    return written is not None and weak_match(written, tag)
-
-
-def _supersession(f: _Facts) -> _Supersession | None:
-    """The latest-superseded If-Match tag found in this resource's lineage, if any."""
-    writes = sorted((w for w in f.context.writes if w.ts <= f.failure.ts), key=lambda w: w.ts)
-    best: _Supersession | None = None
-    for tag in f.if_match.tags:
-        for index in range(len(writes) - 1, -1, -1):
-            if not _is_written_tag(writes[index].etag, tag):
-                continue
-            successor = next(
-                (w for w in writes[index + 1 :] if not _is_written_tag(w.etag, tag)), None
-            )
-            anchor = successor or writes[index]
-            found = _Supersession(writes[index], successor, f.failure.ts - anchor.ts)
-            if best is None or found.age < best.age:
-                best = found
-            break
-    return best
-
-
 def _concurrent_write(f: _Facts) -> Decision | None:
-    found = f.supersession
-    if found is None or found.age > f.context.window:
+    if f.trace is None:
         return None
-    winner = found.superseded_by
-    evidence: dict[str, Any] = {"race_seconds": round(found.age, 3)}
+    trace = f.trace[1]
+    age = trace.age(f.failure.ts)
+    if age > f.context.window:
+        return None
+    evidence: dict[str, Any] = {"race_seconds": round(age, 3)}
+    winner = trace.superseded_by
     if winner is not None:
         evidence["winner"] = {
             "request_id": winner.request_id,
             "client_id": winner.client_id,
             "ts": winner.ts,
         }
-        evidence["superseded_seconds_ago"] = round(found.age, 3)
+        evidence["superseded_seconds_ago"] = round(age, 3)
     else:
-        # The lineage ends at If-Match: the winning write was not logged, but it came after.
+        # No logged write replaced If-Match: the winning write was not logged, but came after.
         evidence["winner"] = None
     return Decision(Cause.CONCURRENT_WRITE, evidence)
 
 
 def _cross_resource(f: _Facts) -> Decision | None:
-    if f.supersession is not None:
+    if f.trace is not None:
         return None
     for tag in f.if_match.tags:
         owner = f.context.etag_owners.get(str(tag))
@@ -312,15 +463,15 @@ def _cross_resource(f: _Facts) -> Decision | None:
 
 
 def _stale_etag(f: _Facts) -> Decision | None:
-    found = f.supersession
-    if found is not None:
-        if found.superseded_by is None:
-            return None  # superseded by an unlogged write, longer ago than W: cannot tell
+    if f.trace is not None:
+        trace = f.trace[1]
+        if trace.superseded_by is None:
+            return None  # replaced by an unlogged write, longer ago than W: cannot tell
         return Decision(
             Cause.STALE_ETAG,
             {
-                "superseded_seconds_ago": round(found.age, 3),
-                "superseded_by": found.superseded_by.request_id,
+                "superseded_seconds_ago": round(trace.age(f.failure.ts), 3),
+                "superseded_by": trace.superseded_by.request_id,
             },
         )
     if f.current is None:
@@ -339,6 +490,7 @@ RULES: tuple[Rule, ...] = (
     _weak_etag,
     _proxy_rewrite,
     _format_change,
+    _unstable_etag,
     _blind_retry,
     _concurrent_write,
     _cross_resource,

@@ -32,10 +32,11 @@ from prometheus_client import CollectorRegistry
 from collector.ingest import Ingestor, StoredBatch
 from collector.logs import get_logger
 from collector.metrics import Metrics
-from collector.payload import PayloadError, split_records
+from collector.payload import PayloadError
 from collector.processes import start_child
 from collector.settings import Settings
 from collector.store import Store, StoreUnavailableError
+from collector.wire import EVENTS, decode_body
 
 log = get_logger("collector.ingest_pool")
 _LENGTH = struct.Struct("!I")
@@ -51,6 +52,7 @@ class Job:
     content_type: str | None
     default_service: str | None
     received_at: float
+    wire: str = EVENTS  # which endpoint's format (collector.wire)
 
 
 @dataclass(slots=True)
@@ -107,7 +109,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     async def store_job(job_id: int, job: Job) -> None:
         done = Done()
         try:
-            records = split_records(job.body, job.content_type)
+            records = decode_body(job.wire, job.body, job.content_type)
             done.records = len(records)
             done.batch = await ingestor.store_batch(
                 records, default_service=job.default_service, received_at=job.received_at
@@ -241,6 +243,10 @@ class IngestPool:
         if done.crashed is not None:
             raise RuntimeError(f"ingest process failed: {done.crashed}")
         return done
+
+    def alive(self) -> int:
+        """How many ingest processes are running."""
+        return sum(1 for process in self._processes if process.alive)
 
     async def check(self) -> None:
         """Start a new process for each one that died (or try again at the next check)."""

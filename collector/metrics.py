@@ -176,6 +176,18 @@ class Metrics:
             "Failures waiting for their service's watermark before being classified.",
             registry=registry,
         )
+        self.oldest_pending = Gauge(
+            "precondition_collector_oldest_pending_seconds",
+            "Event-time seconds between the oldest failure not yet settled and its service's "
+            "newest event, the largest over services: how far settling lags the watermark.",
+            registry=registry,
+        )
+        self.processes = Gauge(
+            "precondition_collector_processes",
+            "Live child processes of the collector by role (ingest, settle).",
+            ("role",),
+            registry=registry,
+        )
         self.redis_up = Gauge(
             "precondition_collector_redis_up",
             "1 when the last Redis call succeeded.",

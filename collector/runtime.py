@@ -11,11 +11,11 @@ from collector.ingest import BatchResult, Ingestor
 from collector.ingest_pool import IngestPool, Job
 from collector.logs import get_logger
 from collector.metrics import Metrics
-from collector.payload import split_records
 from collector.settings import Settings
 from collector.settle import Settler
 from collector.store import Store, StoreUnavailableError
 from collector.tracker import DeployTracker
+from collector.wire import EVENTS, decode_body
 from collector.worker import SettleWorker
 
 log = get_logger("collector")
@@ -49,7 +49,7 @@ class Collector:
         self.deploys = DeployTracker(
             self.store, self.metrics, lateness=settings.allowed_lateness_seconds
         )
-        self.settler.after_sweep = self.deploys.judge_all
+        self.settler.after_sweep = self.review
         self.ingestor = Ingestor(
             self.store,
             self.metrics,
@@ -73,9 +73,13 @@ class Collector:
         )
 
     async def ingest(
-        self, body: bytes, content_type: str | None, default_service: str | None
+        self,
+        body: bytes,
+        content_type: str | None,
+        default_service: str | None,
+        wire: str = EVENTS,
     ) -> tuple[int, BatchResult]:
-        """Store one request body; the number of records in it and the answer.
+        """Store one request body in `wire`'s format; the number of records in it and the answer.
 
         Raises PayloadError for a body that cannot be read, StoreUnavailableError when
         nothing was acknowledged."""
@@ -84,13 +88,14 @@ class Collector:
         self._in_flight(+1)
         try:
             if self.pool is None:
-                records = split_records(body, content_type)
+                records = decode_body(wire, body, content_type)
                 count = len(records)
                 batch = await self.ingestor.store_batch(
                     records, default_service=default_service, received_at=received_at
                 )
             else:
-                done = await self.pool.store(Job(body, content_type, default_service, received_at))
+                job = Job(body, content_type, default_service, received_at, wire)
+                done = await self.pool.store(job)
                 for operation, seconds, failed in done.redis_timings:
                     self._observe_redis(operation, seconds, failed)
                 assert done.batch is not None
@@ -151,12 +156,29 @@ class Collector:
             await asyncio.sleep(interval)
             self.worker.check()
             try:
-                await self.deploys.judge_all()
-                self.metrics.pending.set(
-                    await self.store.pending_count(await self.store.services())
-                )
+                await self.review()
             except StoreUnavailableError as exc:
                 log.warning("oversee_failed", error=str(exc))
+
+    async def review(self, *, settled: bool = False) -> None:
+        """Judge every service's latest deploy and refresh the deploy, backlog and process
+        gauges (after each settling sweep, and at the end of a flush)."""
+        await self.deploys.judge_all(settled=settled)
+        backlog = await self.store.backlog(await self.store.services())
+        self.metrics.pending.set(backlog.pending)
+        self.metrics.oldest_pending.set(backlog.lag_seconds)
+        if self.pool is not None:
+            self.metrics.processes.labels("ingest").set(self.pool.alive())
+        if self.worker is not None:
+            self.metrics.processes.labels("settle").set(int(self.worker.alive()))
+
+    async def flush(self) -> int:
+        """Settle every pending failure now, whatever the watermarks say, then judge the
+        deploys and refresh the gauges: when it returns, verdicts and gauges are final. The
+        number of failures this call settled."""
+        settled = await self.settler.settle_all(force=True)
+        await self.review(settled=True)
+        return settled
 
     async def stop(self) -> None:
         if self.worker is not None:

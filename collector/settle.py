@@ -19,6 +19,7 @@ from collector.classify import (
     Decision,
     classify_failure,
 )
+from collector.deploys import count_key
 from collector.etag import is_high_entropy, parse_precondition
 from collector.event import Event
 from collector.logs import get_logger
@@ -59,7 +60,7 @@ def context_from_store(
 ) -> Context:
     """The classifier's view of what the store holds around one failure."""
     return Context(
-        writes=found.writes,
+        lineage=found.lineage,
         prior_failures=found.prior_conflicts,
         etag_owners=etag_owners,
         formats=formats,
@@ -144,7 +145,7 @@ class Settler:
         self.batch_size = batch_size
         self.lanes = lanes
         self._wake = asyncio.Event()
-        # Runs after each periodic sweep (deploy verdicts); set by the runtime.
+        # Runs after each periodic sweep (deploy verdicts, backlog gauges); set by the runtime.
         self.after_sweep: Callable[[], Awaitable[None]] | None = None
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
@@ -214,7 +215,9 @@ class Settler:
             if found.record is None or not found.record.get("if_match"):
                 continue
             for tag in parse_precondition(found.record["if_match"]).tags:
-                if is_high_entropy(tag) and not any(tag.opaque in w.etag for w in found.writes):
+                if is_high_entropy(tag) and not any(
+                    tag.opaque in s.etag or tag.opaque in s.if_match for s in found.lineage
+                ):
                     wanted.add(str(tag))
         owners = await self.store.etag_owners(service, wanted, now=now)
         decisions: list[tuple[PendingFailure, dict[str, Any]]] = []
@@ -242,7 +245,9 @@ class Settler:
             decisions.append((found.failure, stored))
             details.append((record, decision))
         kept = await self.store.record_decisions(
-            decisions, gone=[found.record is None for found in contexts]
+            decisions,
+            gone=[found.record is None for found in contexts],
+            count_as=[count_key(d.cause, d.evidence) for _, d in details],
         )
         counted = 0
         for (pending, _), (record, decision), is_first in zip(
@@ -338,9 +343,6 @@ class Settler:
                     await self.settle_all()
                     if self.after_sweep is not None:
                         await self.after_sweep()
-                    self.metrics.pending.set(
-                        await self.store.pending_count(await self.store.services())
-                    )
             except StoreUnavailableError as exc:
                 self.metrics.redis_up.set(0)
                 log.warning("settle_failed", error=str(exc))

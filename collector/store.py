@@ -15,8 +15,10 @@ be called once per slot, which this store does not do yet. Every key has a TTL o
 Per resource, `pw:r:{s:r}:`  + `e` hash request_id -> event record (JSON); an id already in it
                                      is a duplicate; `c:<request_id>` -> decision (JSON), set once
                                  `z` zset of every event by event time (the timeline), member
-                                     `w US request_id US etag US client` for a write (the
-                                     lineage), `o US request_id` for the rest
+                                     `kind US request_id US etag US client US if_match US
+                                     version` for lineage evidence (`w` a 2xx write, `d` a 2xx
+                                     DELETE, `f` a failure with a current ETag; see
+                                     `lineage_member`), `o US request_id` for the rest
                                  `f` zset 412/409 with If-Match by event time, member
                                      `request_id US status US client US if_match`
 Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US request_id US if_match US
@@ -51,7 +53,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from collector.classify import LineageWrite, PriorFailure
+from collector.classify import PriorFailure, Sighting
 from collector.etag import parse_precondition
 from collector.event import FAILURE_STATUSES, Event
 from collector.settings import Settings
@@ -64,6 +66,8 @@ INDEX_BUCKET_SECONDS = 900
 MAX_EVENTS_PER_KEY = 1000
 # The 412/409s a failure's snapshot returns at most: enough to see a blind retry loop.
 CONFLICT_LIMIT = 200
+# Sightings since the newest write a snapshot returns at most: enough to see replicas flip.
+SPAN_LIMIT = 32
 
 
 class StoreUnavailableError(Exception):
@@ -197,25 +201,27 @@ _SNAPSHOT = (
     _LIB
     + """
 -- KEYS: the `e` key of each failure's resource. ARGV: window_s, writes_limit, conflict_limit,
--- then per failure request_id, ts, client and its If-Match needles: '' (no tag: nothing to
--- look up), 'a' (every write) or 'n' followed by opaque tags (RS before each).
--- Per failure: {record or '', decided (0/1), writes, conflicts}. Among the newest
--- `writes_limit` writes up to the failure, `writes` keeps those containing a needle and the
--- write just after each (member, score pairs, newest first): all the classifier reads of the
--- lineage. The walk stops once each needle was found as a whole ETag (`"x"` or `W/"x"`): older
--- writes cannot be the newest holder of that tag. `conflicts` are the client's own 412/409s
--- with If-Match among the newest `conflict_limit` of the resource's in the window before the
--- failure: what a blind retry can be.
+-- span_limit, then per failure request_id, ts, client and its If-Match needles: '' (no tag:
+-- nothing to look up), 'a' (every sighting) or 'n' followed by opaque tags (RS before each).
+-- Per failure: {record or '', decided (0/1), sightings, conflicts}. Walking the timeline's
+-- lineage members (w, d, f) newest first from the failure's time, `sightings` keeps those
+-- containing a needle with the sighting just after each, and the newest `span_limit` back to
+-- the newest write (member, score pairs): all the classifier reads of the lineage. The walk
+-- stops once each needle was found whole, as an ETag (`"x"` or `W/"x"`) or in a write's
+-- If-Match, and the span is read, or after `writes_limit` writes: older sightings cannot be
+-- the newest of that tag. `conflicts` are the client's own 412/409s with If-Match among the
+-- newest `conflict_limit` of the resource's in the window before the failure: what a blind
+-- retry can be.
 local window, wlimit, climit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ETAG = '^w' .. US .. '[^' .. US .. ']*' .. US .. '([^' .. US .. ']*)'
+local slimit = tonumber(ARGV[4])
 local out = {}
 for k = 1, #KEYS do
   local e = KEYS[k]
   local z = string.sub(e, 1, -2) .. 'z'
-  local j = 4 * k
+  local j = 4 * k + 1
   local rid, ts, client, needles = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local values = redis.call('HMGET', e, rid, 'c:' .. rid)
-  local writes, conflicts = {}, {}
+  local kept, conflicts = {}, {}
   if client ~= '' and needles ~= '' then
     local f = string.sub(e, 1, -2) .. 'f'
     local since = tostring(tonumber(ts) - window)
@@ -235,33 +241,46 @@ for k = 1, #KEYS do
       wanted[needle] = true; left = left + 1
     end
   end
-  local seen_writes, held, offset, size = 0, nil, 0, 16
+  local added, order = {}, {}
+  local function keep(member)
+    if not added[member] then added[member] = true; order[#order+1] = member end
+  end
+  local writes, walked, prev, offset, size = 0, 0, nil, 0, 16
+  local in_span = true
   local walking = mode ~= ''
   while walking do
-    -- most If-Match tags are among the newest writes: read a little first, more if needed
+    -- most If-Match tags are among the newest sightings: read a little first, more if needed
     local chunk = redis.call('ZREVRANGEBYSCORE', z, ts, '-inf', 'LIMIT', offset, size)
     for _, member in ipairs(chunk) do
-      if string.sub(member, 1, 1) == 'w' then
+      local kind = string.sub(member, 1, 1)
+      if kind ~= 'o' then
+        walked = walked + 1
+        if in_span then
+          keep(member)
+          if kind ~= 'f' or walked >= slimit then in_span = false end
+        end
         local match = mode == 'a'
+        local fields = nil
         for needle, _ in pairs(wanted) do
           if string.find(member, needle, 3, true) then
             match = true
-            local etag = string.match(member, ETAG)
-            if etag == '"' .. needle .. '"' or etag == 'W/"' .. needle .. '"' then
+            fields = fields or split(member, US)
+            local etag, quoted = fields[3], '"' .. needle .. '"'
+            local superseded = kind ~= 'f' and string.find(fields[5] or '', quoted, 1, true)
+            if etag == quoted or etag == 'W/' .. quoted or superseded then
               wanted[needle] = nil; left = left - 1
             end
           end
         end
         if match then
-          -- the newer neighbour superseded this ETag: the classifier needs it too
-          if held then writes[#writes+1] = held end
-          writes[#writes+1] = member
-          held = nil
-        else
-          held = member
+          -- the newer neighbour is what came after this sighting: the classifier needs it too
+          if prev then keep(prev) end
+          keep(member)
         end
-        seen_writes = seen_writes + 1
-        if seen_writes >= wlimit or (mode == 'n' and left == 0) then
+        prev = member
+        if kind ~= 'f' then writes = writes + 1 end
+        if writes >= wlimit or walked >= 4 * wlimit
+            or (mode == 'n' and left == 0 and not in_span) then
           walking = false
           break
         end
@@ -272,7 +291,7 @@ for k = 1, #KEYS do
     size = math.min(size * 4, 256)
   end
   local scored = {}
-  for _, member in ipairs(writes) do
+  for _, member in ipairs(order) do
     scored[#scored+1] = member; scored[#scored+1] = redis.call('ZSCORE', z, member)
   end
   out[k] = {values[1] or '', values[2] and 1 or 0, scored, conflicts}
@@ -284,9 +303,10 @@ return out
 _DECIDE = """
 -- KEYS: the service's `i` key, then the `e` key of each failure. ARGV: ttl, then per failure
 -- request_id, decision, pending member, '1' where the resource's record was gone (its key may
--- be too: HSETNX would create it without a TTL), event-time minute and cause. Sets each
--- decision unless one exists, ends the lease, and adds each decision it set (for a record
--- still there) to the service's per-minute counts by cause, which the deploy detector reads.
+-- be too: HSETNX would create it without a TTL), event-time minute and count name (its cause
+-- as the deploy detector tells causes apart). Sets each decision unless one exists, ends the
+-- lease, and adds each decision it set (for a record still there) to the service's per-minute
+-- counts, which the deploy detector reads.
 -- Returns 1 where this call set the decision.
 local base = string.sub(KEYS[1], 1, -2)
 local ttl = tonumber(ARGV[1])
@@ -377,7 +397,7 @@ class FailureContext:
 
     failure: PendingFailure
     record: dict[str, Any] | None
-    writes: list[LineageWrite]
+    lineage: list[Sighting]
     prior_conflicts: list[PriorFailure]
     already_decided: bool
 
@@ -388,6 +408,13 @@ class SettleInputs(NamedTuple):
     contexts: list[FailureContext]
     formats: dict[str, dict[str, float]]
     versions: list[tuple[str, float]]
+
+
+class Backlog(NamedTuple):
+    """Failures not yet settled, and the event-time lag of the oldest one."""
+
+    pending: int
+    lag_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +505,35 @@ def _service_commands(
     return commands
 
 
+def lineage_member(event: Event) -> str:
+    """An event's timeline member: what it shows of the resource's ETag lineage (a `Sighting`,
+    decoded by `decode_sighting`), or `o US request_id` when it shows nothing."""
+    status = event.status
+    if 200 <= status < 300:
+        kind = "d" if event.method == "DELETE" else "w"
+    elif event.current_etag and status in FAILURE_STATUSES:
+        kind = "f"
+    else:
+        return f"o{US}{event.request_id}"
+    if_match = event.if_match if kind != "f" and event.if_match else ""
+    return US.join(
+        (
+            kind,
+            event.request_id,
+            event.current_etag or "",
+            event.client_id or "",
+            if_match,
+            event.deploy_version or "",
+        )
+    )
+
+
+def decode_sighting(member: bytes, score: Any) -> Sighting:
+    """The `Sighting` a `lineage_member` encodes, at its timeline score."""
+    kind, request_id, etag, client, if_match, version = member.decode().split(US)
+    return Sighting(float(score), request_id, kind, etag, client or None, if_match, version)
+
+
 def _conflict_member(event: Event) -> str:
     """A 412/409 with If-Match as the conflicts set keeps it (see the module docstring)."""
     return f"{event.request_id}{US}{event.status}{US}{event.client_id or ''}{US}{event.if_match}"
@@ -486,18 +542,21 @@ def _conflict_member(event: Event) -> str:
 def _contexts(failures: Sequence[PendingFailure], replies: list[Any]) -> list[FailureContext]:
     """The snapshot script's answer, one FailureContext per failure."""
     contexts = []
-    for failure, (rec, decided, writes_raw, prior_raw) in zip(failures, replies, strict=True):
-        writes = []
-        for member, score in zip(writes_raw[-2::-2], writes_raw[::-2], strict=True):
-            _, request_id, etag, client = member.decode().split(US)
-            writes.append(LineageWrite(float(score), request_id, etag, client or None))
+    for failure, (rec, decided, sightings_raw, prior_raw) in zip(failures, replies, strict=True):
+        lineage = sorted(
+            (
+                decode_sighting(member, score)
+                for member, score in zip(sightings_raw[::2], sightings_raw[1::2], strict=True)
+            ),
+            key=lambda sighting: sighting.ts,
+        )
         prior = []
         for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True):
             request_id, status, client, if_match = member.decode().split(US, 3)
             prior.append(
                 PriorFailure(float(score), request_id, int(status), client or None, if_match)
             )
-        contexts.append(FailureContext(failure, _decode(rec), writes, prior, bool(decided)))
+        contexts.append(FailureContext(failure, _decode(rec), lineage, prior, bool(decided)))
     return contexts
 
 
@@ -855,13 +914,9 @@ class Store:
                 record_reply[index] = len(commands)
                 commands.append(("HSETNX", e, event.request_id, _record(event)))
                 ts = repr(event.ts)
-                if 200 <= event.status < 300 and event.current_etag:
-                    client = event.client_id or ""
-                    timeline += (ts, f"w{US}{event.request_id}{US}{event.current_etag}{US}{client}")
-                else:
-                    timeline += (ts, f"o{US}{event.request_id}")
-                    if event.status in (409, 412) and event.if_match:
-                        conflicts += (ts, _conflict_member(event))
+                timeline += (ts, lineage_member(event))
+                if event.status in (409, 412) and event.if_match:
+                    conflicts += (ts, _conflict_member(event))
             commands.append(tuple(timeline))
             written += (e, prefix + "z")
             if len(conflicts) > 3:
@@ -1011,7 +1066,7 @@ class Store:
         self, failures: Sequence[PendingFailure], window: float, conflict_limit: int
     ) -> tuple[Any, ...]:
         keys = [resource_prefix(f.service, f.resource_id) + "e" for f in failures]
-        args: list[Any] = [window, self.writes_cap, conflict_limit]
+        args: list[Any] = [window, self.writes_cap, conflict_limit, SPAN_LIMIT]
         for failure in failures:
             args += [failure.request_id, repr(failure.ts), failure.client_id]
             args.append(_needles(failure.if_match))
@@ -1061,11 +1116,13 @@ class Store:
         decisions: Sequence[tuple[PendingFailure, dict[str, Any]]],
         *,
         gone: Sequence[bool] = (),
+        count_as: Sequence[str] = (),
     ) -> list[bool]:
         """Store each decision unless one exists; True where this call made it (count it).
 
         Each decision it made for a record still stored is added to the service's per-minute
-        counts by cause (`minute_counts`), in the same round trip.
+        counts (`minute_counts`), in the same round trip, under its `count_as` name (default:
+        its cause), which is what the deploy detector tells apart.
 
         `gone` marks failures whose record was no longer stored: their resource's key may have
         expired, and the decision must not bring it back without a TTL.
@@ -1084,7 +1141,8 @@ class Store:
                 keys.append(resource_prefix(service, failure.resource_id) + "e")
                 args += [failure.request_id, orjson.dumps(decision), failure.member]
                 args.append("1" if index < len(gone) and gone[index] else "0")
-                args += [int(failure.ts // 60), decision.get("cause", "unknown")]
+                counted = count_as[index] if index < len(count_as) else None
+                args += [int(failure.ts // 60), counted or decision.get("cause", "unknown")]
             calls.append(("EVALSHA", "decide", len(keys), *keys, *args))
 
         kept = [False] * len(decisions)
@@ -1162,18 +1220,29 @@ class Store:
         """Services seen within the retention, most recently active first."""
         return [s.decode() for s in await self._call("ZREVRANGE", SERVICES_KEY, 0, -1)]
 
-    async def pending_count(self, services: Iterable[str]) -> int:
-        """Failures waiting for their watermark, plus those being settled."""
+    async def backlog(self, services: Iterable[str]) -> Backlog:
+        """Failures waiting for their watermark plus those being settled, and how far the
+        oldest waiting one lags its service's newest event (event time)."""
         names = list(services)
         if not names:
-            return 0
+            return Backlog(0, 0.0)
 
         def build(pipe: Any) -> None:
             for service in names:
-                pipe.zcard(service_prefix(service) + "p")
-                pipe.zcard(service_prefix(service) + "i")
+                sp = service_prefix(service)
+                pipe.zcard(sp + "p")
+                pipe.zcard(sp + "i")
+                pipe.zrange(sp + "p", 0, 0, withscores=True)
+                pipe.zscore(sp + "m", "max")
 
-        return sum(int(n) for n in await self._pipeline(build))
+        replies = await self._pipeline(build)
+        count, lag = 0, 0.0
+        for start in range(0, len(replies), 4):
+            waiting, claimed, oldest, newest = replies[start : start + 4]
+            count += int(waiting) + int(claimed)
+            if oldest and newest is not None:
+                lag = max(lag, float(newest) - float(oldest[0][1]))
+        return Backlog(count, lag)
 
     async def watermark(self, service: str) -> float | None:
         """Newest event time seen for `service`, before lateness is taken off."""

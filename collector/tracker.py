@@ -7,7 +7,7 @@ replica may record it). The deploy gauges are refreshed from the store on every 
 
 from __future__ import annotations
 
-from collector.deploys import WATCH_SECONDS, Deploy, assess_deploy, split_counts
+from collector.deploys import BASELINE_MAX_SECONDS, WATCH_SECONDS, Deploy, first_regression
 from collector.metrics import Metrics
 from collector.store import Store
 
@@ -20,6 +20,9 @@ class DeployTracker:
         self.metrics = metrics
         self.lateness = lateness
         self._exported: dict[str, tuple[str, bool]] = {}
+        # Deploys judged through their whole watch window with no verdict: nothing can change
+        # their verdict any more, so they are not read again.
+        self._closed: set[tuple[str, str, float]] = set()
 
     async def deploys(self, service: str) -> list[Deploy]:
         """Every known version of a service, oldest first, with formats and verdicts."""
@@ -37,29 +40,36 @@ class DeployTracker:
             for version, ts in sorted(versions, key=lambda item: item[1])
         ]
 
-    async def judge(self, service: str) -> Deploy | None:
-        """Judge the latest deploy of `service`; return it (with any verdict)."""
+    async def judge(self, service: str, *, settled: bool = False) -> Deploy | None:
+        """Judge the latest deploy of `service`; return it (with any verdict).
+
+        Failures are counted once settled, so a deploy is judged up to the watermark; with
+        `settled` (after a flush settled everything) up to the newest event.
+        """
         deploys = await self.deploys(service)
         newest = await self.store.watermark(service)
         if not deploys or newest is None:
             return None
         latest = deploys[-1]
-        # Failures are counted once settled: judge up to the watermark, not the newest event.
-        until = newest - self.lateness
-        if latest.regression is None and len(deploys) > 1 and until - latest.ts <= WATCH_SECONDS:
-            first = int((latest.ts - 600) // 60)
-            minutes = await self.store.minute_counts(service, first, int(until // 60))
-            before, after = split_counts(minutes, latest.ts, until)
-            found = assess_deploy(before, after)
+        until = newest if settled else newest - self.lateness
+        key = (service, latest.version, latest.ts)
+        if latest.regression is None and len(deploys) > 1 and key not in self._closed:
+            first = int((latest.ts - BASELINE_MAX_SECONDS) // 60)
+            last = int(min(until, latest.ts + WATCH_SECONDS) // 60)
+            minutes = await self.store.minute_counts(service, first, last)
+            found = first_regression(minutes, latest.ts, until)
             if found is not None:
+                regression, detected_at = found
                 verdict: dict[str, object] = {
-                    "detected_at": until,
-                    "cause": found.cause,
-                    "baseline_ratio": found.baseline_ratio,
-                    "ratio": found.ratio,
+                    "detected_at": detected_at,
+                    "cause": regression.cause,
+                    "baseline_ratio": regression.baseline_ratio,
+                    "ratio": regression.ratio,
                 }
                 await self.store.record_regression(service, latest.version, verdict)
                 latest = Deploy(latest.version, latest.ts, latest.source, latest.formats, verdict)
+            elif settled is False and until >= latest.ts + WATCH_SECONDS:
+                self._closed.add(key)
         self.export(service, latest)
         return latest
 
@@ -78,6 +88,6 @@ class DeployTracker:
         m.deploy_regression.labels(label, version).set(1 if regressed else 0)
         self._exported[label] = (version, regressed)
 
-    async def judge_all(self) -> None:
+    async def judge_all(self, *, settled: bool = False) -> None:
         for service in await self.store.services():
-            await self.judge(service)
+            await self.judge(service, settled=settled)

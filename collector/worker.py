@@ -173,6 +173,10 @@ class SettleWorker:
             self._conn.close()
             self._conn = None
 
+    def alive(self) -> bool:
+        """Whether the settle process is running."""
+        return self.process is not None and self.process.is_alive()
+
     def check(self) -> None:
         """Start a new worker if the last one died (its leased failures are claimed again)."""
         if self.process is not None and not self.process.is_alive():

@@ -8,8 +8,8 @@ from collector.classify import (
     RULES,
     Cause,
     Context,
-    LineageWrite,
     PriorFailure,
+    Sighting,
     classify_failure,
 )
 from collector.event import Event
@@ -35,8 +35,8 @@ def failure(**kw: object) -> Event:
     return Event(**fields)  # type: ignore[arg-type]
 
 
-def lineage(*writes: tuple[float, str], client: str = "web/u9") -> list[LineageWrite]:
-    return [LineageWrite(ts, f"w-{i}", etag, client) for i, (ts, etag) in enumerate(writes)]
+def lineage(*writes: tuple[float, str], client: str = "web/u9") -> list[Sighting]:
+    return [Sighting(ts, f"w-{i}", "w", etag, client) for i, (ts, etag) in enumerate(writes)]
 
 
 def test_rule_order_is_the_documented_precedence() -> None:
@@ -50,6 +50,7 @@ def test_rule_order_is_the_documented_precedence() -> None:
         "weak_etag",
         "proxy_rewrite",
         "format_change",
+        "unstable_etag",
         "blind_retry",
         "concurrent_write",
         "cross_resource",
@@ -59,7 +60,7 @@ def test_rule_order_is_the_documented_precedence() -> None:
 
 def test_concurrent_write_names_the_winner() -> None:
     """If-Match superseded 3 s before the failure by another request: a race, with its winner."""
-    context = Context(writes=lineage((T - 60, MD5_A), (T - 3, MD5_B)))
+    context = Context(lineage=lineage((T - 60, MD5_A), (T - 3, MD5_B)))
     decision = classify_failure(failure(), context)
     assert decision.cause is Cause.CONCURRENT_WRITE
     assert decision.evidence["race_seconds"] == 3
@@ -68,7 +69,7 @@ def test_concurrent_write_names_the_winner() -> None:
 
 def test_stale_etag_past_the_window() -> None:
     """If-Match superseded more than W before the failure is a stale ETag."""
-    context = Context(writes=lineage((T - 4000, MD5_A), (T - 3600, MD5_B)))
+    context = Context(lineage=lineage((T - 4000, MD5_A), (T - 3600, MD5_B)))
     decision = classify_failure(failure(), context)
     assert decision.cause is Cause.STALE_ETAG
     assert decision.evidence["superseded_seconds_ago"] == 3600
@@ -76,15 +77,15 @@ def test_stale_etag_past_the_window() -> None:
 
 def test_window_boundary_is_inclusive() -> None:
     """Superseded exactly W before still counts as a race; a millisecond more is stale."""
-    at_w = Context(writes=lineage((T - 900, MD5_A), (T - 300, MD5_B)), window=300)
-    past_w = Context(writes=lineage((T - 900, MD5_A), (T - 300.001, MD5_B)), window=300)
+    at_w = Context(lineage=lineage((T - 900, MD5_A), (T - 300, MD5_B)), window=300)
+    past_w = Context(lineage=lineage((T - 900, MD5_A), (T - 300.001, MD5_B)), window=300)
     assert classify_failure(failure(), at_w).cause is Cause.CONCURRENT_WRITE
     assert classify_failure(failure(), past_w).cause is Cause.STALE_ETAG
 
 
 def test_writes_after_the_failure_are_ignored() -> None:
     """A write logged after the failure cannot be the one that beat it."""
-    context = Context(writes=lineage((T - 10, MD5_A), (T + 2, MD5_B)))
+    context = Context(lineage=lineage((T - 10, MD5_A), (T + 2, MD5_B)))
     decision = classify_failure(failure(), context)
     assert decision.cause is Cause.CONCURRENT_WRITE
     assert decision.evidence["winner"] is None  # superseded by a write that was not logged
@@ -127,7 +128,7 @@ def test_each_header_driven_cause(kw: dict[str, object], cause: Cause) -> None:
 
 def test_version_conflict_409_is_classified_like_412() -> None:
     """A 409 carrying If-Match and a current ETag (Kubernetes style) is a race, not business."""
-    context = Context(writes=lineage((T - 60, MD5_A), (T - 2, MD5_B)))
+    context = Context(lineage=lineage((T - 60, MD5_A), (T - 2, MD5_B)))
     assert classify_failure(failure(status=409), context).cause is Cause.CONCURRENT_WRITE
 
 
@@ -141,7 +142,7 @@ def test_proxy_rewrite_evidence_names_the_kinds() -> None:
 def test_format_change_after_a_deploy() -> None:
     """If-Match in v1's md5 format, current ETag in v2's format: the deploy changed ETags."""
     context = Context(
-        writes=lineage((T - 600, MD5_A)),
+        lineage=lineage((T - 600, MD5_A)),
         formats={"v1": {"S:hex32": T - 3600}, "v2": {"S:v{N}-x": T - 100}},
         versions=[("v1", T - 3600), ("v2", T - 100)],
     )
@@ -168,7 +169,7 @@ def test_blind_retry_counts_earlier_attempts() -> None:
         PriorFailure(T - 2, "f-00", 412, "bot", MD5_A),
         PriorFailure(T - 1, "other", 412, "someone-else", MD5_A),
     ]
-    context = Context(writes=lineage((T - 60, MD5_A), (T - 5, MD5_B)), prior_failures=prior)
+    context = Context(lineage=lineage((T - 60, MD5_A), (T - 5, MD5_B)), prior_failures=prior)
     decision = classify_failure(failure(client_id="bot"), context)
     assert decision.cause is Cause.BLIND_RETRY
     assert decision.evidence["retry_count"] == 2
@@ -177,13 +178,13 @@ def test_blind_retry_counts_earlier_attempts() -> None:
 
 def test_first_failure_of_a_retry_loop_keeps_its_own_cause() -> None:
     """The first 412 of a retrying client has no earlier attempt: it is the race."""
-    context = Context(writes=lineage((T - 60, MD5_A), (T - 5, MD5_B)))
+    context = Context(lineage=lineage((T - 60, MD5_A), (T - 5, MD5_B)))
     assert classify_failure(failure(client_id="bot"), context).cause is Cause.CONCURRENT_WRITE
 
 
 def test_cross_resource_with_high_entropy_etag() -> None:
     """A 32-hex If-Match that belongs to another resource, never this one: cross_resource."""
-    context = Context(writes=lineage((T - 60, MD5_C)), etag_owners={MD5_A: "ord-2"})
+    context = Context(lineage=lineage((T - 60, MD5_C)), etag_owners={MD5_A: "ord-2"})
     decision = classify_failure(failure(current_etag=MD5_C), context)
     assert decision.cause is Cause.CROSS_RESOURCE
     assert decision.evidence["other_resource"] == "ord-2"
@@ -191,14 +192,14 @@ def test_cross_resource_with_high_entropy_etag() -> None:
 
 def test_low_entropy_etag_is_never_cross_resource() -> None:
     """Counters like "1" repeat across resources by coincidence: not cross_resource."""
-    context = Context(writes=lineage((T - 60, '"2"')), etag_owners={'"1"': "ord-2"})
+    context = Context(lineage=lineage((T - 60, '"2"')), etag_owners={'"1"': "ord-2"})
     decision = classify_failure(failure(if_match='"1"', current_etag='"2"'), context)
     assert decision.cause is Cause.STALE_ETAG
 
 
 def test_if_match_list_uses_the_most_recently_superseded_tag() -> None:
     """With `"a", "b"`, the tag superseded most recently decides between race and stale."""
-    context = Context(writes=lineage((T - 5000, MD5_C), (T - 4000, MD5_A), (T - 10, MD5_B)))
+    context = Context(lineage=lineage((T - 5000, MD5_C), (T - 4000, MD5_A), (T - 10, MD5_B)))
     decision = classify_failure(failure(if_match=f"{MD5_C}, {MD5_A}"), context)
     assert decision.cause is Cause.CONCURRENT_WRITE
     assert decision.evidence["race_seconds"] == 10
@@ -222,3 +223,89 @@ def test_weak_origin_beats_proxy_rewrite() -> None:
     """When the origin itself is weak, the proxy is not blamed."""
     decision = classify_failure(failure(if_match='W/"abc"-gzip', current_etag='W/"abc"'), Context())
     assert decision.cause is Cause.WEAK_ETAG
+
+
+def seen(ts: float, etag: str, rid: str, *, kind: str = "f", im: str = "", version: str = ""):
+    return Sighting(ts, rid, kind, etag, "web/u7", im, version)
+
+
+def test_race_named_from_the_winners_if_match() -> None:
+    """If-Match never seen as anyone's ETag, but it was the If-Match of the write 2 s before."""
+    context = Context(lineage=[seen(T - 2, MD5_B, "w-1", kind="w", im=MD5_A)])
+    decision = classify_failure(failure(), context)
+    assert decision.cause is Cause.CONCURRENT_WRITE
+    assert decision.evidence["winner"]["request_id"] == "w-1"
+    assert decision.evidence["race_seconds"] == 2
+
+
+def test_unstable_etag_when_current_flips_back_without_a_write() -> None:
+    """The current ETag went A, B, A with no write between, and If-Match is one of them."""
+    a, b = '"1f2e-4d2-5f0a1b2c"', '"3c4d-4d2-5f0a1b2c"'
+    context = Context(
+        lineage=[
+            seen(T - 30, a, "w-1", kind="w", version="1"),
+            seen(T - 20, b, "f-a", version="1"),
+            seen(T - 10, a, "f-b", version="1"),
+        ]
+    )
+    decision = classify_failure(failure(if_match=b, current_etag=a, deploy_version="1"), context)
+    assert decision.cause is Cause.UNSTABLE_ETAG
+    assert decision.evidence == {"values": [a, b], "flips": 2}
+
+
+def test_no_unstable_etag_across_a_write_or_a_deploy() -> None:
+    """A value that comes back only across a write, or across a version, is not a flip."""
+    a, b, c = '"aaaa-1"', '"bbbb-1"', '"cccc-1"'
+    across_write = Context(
+        lineage=[seen(T - 30, a, "w-1", kind="w"), seen(T - 20, b, "w-2", kind="w", im=a)]
+    )
+    decision = classify_failure(failure(if_match=b, current_etag=a), across_write)
+    assert decision.cause is not Cause.UNSTABLE_ETAG
+    across_deploy = Context(
+        lineage=[seen(T - 30, a, "f-1", version="1"), seen(T - 20, c, "f-2", version="2")],
+        versions=[("1", T - 3600), ("2", T - 25)],
+    )
+    decision = classify_failure(
+        failure(if_match=c, current_etag=a, deploy_version="2"), across_deploy
+    )
+    assert decision.cause is not Cause.UNSTABLE_ETAG
+
+
+def test_format_change_when_a_deploy_regenerates_etags_in_the_same_shape() -> None:
+    """If-Match was current under v1, no write replaced it, v2 answers a new value of the same
+    shape: the deploy changed how ETags are computed (say, a new hash salt)."""
+    context = Context(
+        lineage=[seen(T - 900, MD5_A, "w-1", kind="w", version="v1")],
+        versions=[("v1", T - 3600), ("v2", T - 120)],
+        formats={"v1": {"S:hex32": T - 3600}, "v2": {"S:hex32": T - 120}},
+    )
+    decision = classify_failure(failure(deploy_version="v2"), context)
+    assert decision.cause is Cause.FORMAT_CHANGE
+    assert decision.evidence["previous_version"] == "v1"
+    assert decision.evidence["current_version"] == "v2"
+    assert decision.evidence["same_shape"] is True
+
+
+def test_a_logged_write_after_the_deploy_is_still_a_race() -> None:
+    """If-Match current under v1, then superseded by a logged write under v2 seconds ago: a race
+    across the deploy, not a format change."""
+    context = Context(
+        lineage=[
+            seen(T - 900, MD5_A, "w-1", kind="w", version="v1"),
+            seen(T - 4, MD5_B, "w-2", kind="w", im=MD5_A, version="v2"),
+        ],
+        versions=[("v1", T - 3600), ("v2", T - 120)],
+    )
+    decision = classify_failure(failure(deploy_version="v2"), context)
+    assert decision.cause is Cause.CONCURRENT_WRITE
+    assert decision.evidence["winner"]["request_id"] == "w-2"
+
+
+def test_a_delete_ends_the_span_of_current_values() -> None:
+    """Values seen before a DELETE do not make a value after it come back."""
+    a, b = '"aaaa-1"', '"bbbb-1"'
+    context = Context(
+        lineage=[seen(T - 30, a, "f-1"), seen(T - 25, "", "d-1", kind="d"), seen(T - 20, b, "f-2")]
+    )
+    decision = classify_failure(failure(if_match=b, current_etag=a), context)
+    assert decision.cause is not Cause.UNSTABLE_ETAG

@@ -212,3 +212,37 @@ async def test_a_worker_hook_runs_before_each_claim_but_not_for_a_flush(store: S
     await store.ingest([conflict("f9", T + 9)], T + 20)
     assert await settler.settle_all(force=True, now=T + 20) == 1
     assert hooked == 3
+
+
+async def test_race_on_a_resource_first_seen_mid_life_names_its_winner(store: Store) -> None:
+    """First event a write `"v1-ab"` -> `"v2-cd"`, then a 412 holding `"v1-ab"`: it lost a race
+    to that write, even though `"v1-ab"` was never anyone's logged ETag."""
+    settler = settler_for(store)
+    winner = Event(ts=T, service="shop", status=200, request_id="w1", resource_id="ord-1",
+                   if_match='"v1-ab"', current_etag='"v2-cd"', client_id="web/u9",
+                   method="PUT", route="/o/{id}")  # fmt: skip
+    await store.ingest([winner, conflict("f1", T + 3, im='"v1-ab"', ce='"v2-cd"')], T + 3)
+    assert await settler.settle_all(force=True, now=T + 3) == 1
+    _, decision = await store.request("shop", "ord-1", "f1")
+    assert decision is not None
+    assert decision["cause"] == "concurrent_write"
+    assert decision["evidence"]["winner"]["request_id"] == "w1"
+    assert decision["evidence"]["race_seconds"] == 3
+
+
+async def test_failures_current_etag_is_lineage_evidence(store: Store) -> None:
+    """A 412 shows `"1"` current; a write then replaces it: a later 412 holding `"1"` lost a
+    race to that write (no logged write ever made `"1"` current)."""
+    settler = settler_for(store)
+    await store.ingest(
+        [
+            conflict("f0", T, im='"0"', ce='"1"'),
+            write("w1", T + 10, '"2"'),
+            conflict("f1", T + 12, im='"1"', ce='"2"'),
+        ],
+        T + 12,
+    )
+    await settler.settle_all(force=True, now=T + 12)
+    _, decision = await store.request("shop", "ord-1", "f1")
+    assert decision is not None and decision["cause"] == "concurrent_write"
+    assert decision["evidence"]["winner"]["request_id"] == "w1"

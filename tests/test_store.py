@@ -62,7 +62,7 @@ async def test_claim_waits_for_the_watermark(store: Store) -> None:
     )
     due = await store.claim_due("shop", lateness=5, now=NOW)
     assert [f.request_id for f in due] == ["old"]
-    assert await store.pending_count(["shop"]) == 2  # one in flight, one pending
+    assert (await store.backlog(["shop"])).pending == 2  # one in flight, one pending
 
 
 async def test_idle_service_settles_everything(store: Store) -> None:
@@ -163,18 +163,21 @@ async def test_timeline_and_lineage_are_capped() -> None:
 
 
 async def test_snapshot_keeps_only_the_lineage_the_if_match_needs(store: Store) -> None:
-    """Of the newest writes up to the failure, only the If-Match's and their successors come
-    back; a tag older than the newest `lineage_max_writes` writes is not looked for."""
+    """Of the newest writes up to the failure, only the If-Match's, their successors and the
+    newest write come back; a tag older than the newest `lineage_max_writes` writes is not
+    looked for."""
     writes = [ev(f"w{i}", NOW - 300 + i, 200, current_etag=f'"t{i:03d}"') for i in range(150)]
     await store.ingest(writes, NOW)
     fresh = PendingFailure("shop", "o1", "f1", NOW - 100, if_match='"t140", "t120"')
     old = PendingFailure("shop", "o1", "f2", NOW - 100, if_match='"t020"')
     weird = PendingFailure("shop", "o1", "f3", NOW - 100, if_match="*")
     contexts = await store.load_contexts([fresh, old, weird], window=300)
-    assert [w.request_id for w in contexts[0].writes] == ["w120", "w121", "w140", "w141"]
-    assert [w.etag for w in contexts[0].writes][:2] == ['"t120"', '"t121"']
-    assert contexts[1].writes == []  # 130 writes back: past the newest 100
-    assert contexts[2].writes == [] and contexts[2].prior_conflicts == []
+    found = [w.request_id for w in contexts[0].lineage]
+    assert found == ["w120", "w121", "w140", "w141", "w149"]
+    assert [w.etag for w in contexts[0].lineage][:2] == ['"t120"', '"t121"']
+    # 130 writes back: past the newest 100, only the newest write (the span) comes back
+    assert [w.request_id for w in contexts[1].lineage] == ["w149"]
+    assert contexts[2].lineage == [] and contexts[2].prior_conflicts == []
     assert [c.record for c in contexts] == [None, None, None]
 
 
@@ -193,9 +196,13 @@ async def test_context_has_lineage_and_prior_conflicts(store: Store) -> None:
     failure = PendingFailure("shop", "o1", "f1", NOW - 30, if_match='"1"', client_id="carol")
     (context,) = await store.load_contexts([failure], window=300)
     assert context.record is not None and context.record["if_match"] == '"1"'
-    assert [(w.request_id, w.etag, w.client_id) for w in context.writes] == [
-        ("w1", '"1"', "alice"),
-        ("w2", '"2"', "bob"),
+    # The writes, and every failure since the newest write: each shows the current ETag.
+    assert [(w.request_id, w.kind, w.etag, w.client_id) for w in context.lineage] == [
+        ("w1", "w", '"1"', "alice"),
+        ("w2", "w", '"2"', "bob"),
+        ("f0", "f", '"2"', "carol"),
+        ("f9", "f", '"2"', "dave"),
+        ("f1", "f", '"2"', "carol"),
     ]
     # Only the same client's failures can make this one a blind retry.
     assert {p.request_id for p in context.prior_conflicts} == {"f0", "f1"}
@@ -271,7 +278,7 @@ async def test_lineage_walk_stops_only_at_the_tag_itself(store: Store) -> None:
     failure = PendingFailure("shop", "o1", "f1", NOW - 5, if_match='"ab"')
     (context,) = await store.load_contexts([failure], window=300)
     # w1 holds the tag (newest first, so w0 is never read); w2 superseded it, w3 followed.
-    assert [w.request_id for w in context.writes] == ["w1", "w2", "w3"]
+    assert [w.request_id for w in context.lineage] == ["w1", "w2", "w3"]
 
 
 async def test_conflicts_set_is_capped_with_the_timeline() -> None:
@@ -300,7 +307,7 @@ async def test_an_empty_if_match_tag_searches_every_write(store: Store) -> None:
     )
     failure = PendingFailure("shop", "o1", "f1", NOW - 1, if_match='""')
     (context,) = await store.load_contexts([failure], window=300)
-    assert [w.request_id for w in context.writes] == [f"w{i}" for i in range(5)]
+    assert [w.request_id for w in context.lineage] == [f"w{i}" for i in range(5)]
 
 
 async def test_concurrent_first_batches_all_find_their_scripts(store: Store) -> None:

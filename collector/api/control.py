@@ -13,6 +13,6 @@ router = APIRouter(tags=["control"])
 
 @router.post("/v1/flush", dependencies=[IngestAuth])
 async def flush(collector: CollectorDep) -> dict[str, Any]:
-    """Settle every pending failure now, whatever the watermarks say (end of a replay)."""
-    settled = await collector.settler.settle_all(force=True)
-    return {"settled": settled}
+    """Settle every pending failure now, whatever the watermarks say (end of a replay); deploy
+    verdicts and gauges are final when it answers."""
+    return {"settled": await collector.flush()}

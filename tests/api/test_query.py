@@ -107,3 +107,23 @@ def test_services_lists_what_was_seen(client: TestClient) -> None:
     """GET /v1/services lists services with events in the retention."""
     post(client, *stream(time.time()))
     assert client.get("/v1/services").json() == {"services": ["shop"]}
+
+
+def test_verdicts_and_gauges_are_final_when_flush_returns(client: TestClient) -> None:
+    """A replayed log, then a flush: the deploy verdict and the deploy gauges are there at once
+    (the periodic sweep, once a minute here, has not run)."""
+    from collector import demo
+
+    events = demo.generate(demo.DemoConfig(duration=1200, deploy_at=600))
+    for start in range(0, len(events), 2000):
+        body = b"\n".join(orjson.dumps(e) for e in events[start : start + 2000])
+        assert client.post("/v1/events", content=body, headers=NDJSON).status_code == 200
+    assert client.post("/v1/flush").json()["settled"] > 0
+    deploys = client.get("/v1/services/orders").json()["deploys"]
+    assert [d["version"] for d in deploys] == ["v1", "v2"]
+    assert deploys[1]["regression"]["cause"] == "format_change"
+    registry = client.app.state.collector.registry  # type: ignore[attr-defined]
+    labels = {"service": "orders", "version": "v2"}
+    assert registry.get_sample_value("precondition_deploy_regression", labels) == 1.0
+    assert registry.get_sample_value("precondition_deploy_info", labels) == 1.0
+    assert registry.get_sample_value("precondition_collector_pending") == 0.0
