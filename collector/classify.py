@@ -36,7 +36,7 @@ never anyone's logged ETag.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from typing import Any
@@ -53,6 +53,9 @@ from collector.etag import (
     weak_match,
 )
 from collector.event import Event
+
+# How much later than a failure the write it lost to may be stamped: instances' clocks differ.
+CLOCK_SKEW_SECONDS = 2.0
 
 
 class Cause(StrEnum):
@@ -142,9 +145,9 @@ class _Trace:
 
     `held` is the newest sighting showing the tag current (None when the tag is only known as
     the If-Match of the write that superseded it). `superseded_by` is the logged write that
-    replaced it; `replaced_by` the first sighting of another value when no logged write
-    explains the change (a deploy, a replica, or a write that was not logged). Both None:
-    the lineage still has the tag current.
+    replaced it; `replaced_by` the first sighting of another value before any such write,
+    which no logged write explains (a deploy, a replica, or a write that was not logged).
+    Both None: the lineage still has the tag current.
     """
 
     held: Sighting | None
@@ -170,15 +173,27 @@ class _Facts:
 
     @cached_property
     def lineage(self) -> list[Sighting]:
-        """The other events of the resource up to the failure, oldest first."""
-        return sorted(
-            (
-                s
-                for s in self.context.lineage
-                if s.ts <= self.failure.ts and s.request_id != self.failure.request_id
-            ),
-            key=lambda s: s.ts,
-        )
+        """The other events of the resource up to the failure, oldest first.
+
+        A write stamped up to CLOCK_SKEW_SECONDS after the failure whose ETag the failure
+        already saw as current happened before it (the instances' clocks differ): it is kept,
+        at the failure's time.
+        """
+        ts, current = self.failure.ts, self.current
+        kept = []
+        for s in self.context.lineage:
+            if s.request_id == self.failure.request_id:
+                continue
+            if s.ts <= ts:
+                kept.append(s)
+            elif (
+                s.kind == "w"
+                and s.ts <= ts + CLOCK_SKEW_SECONDS
+                and current is not None
+                and _is_tag(s.etag, current)
+            ):
+                kept.append(replace(s, ts=ts))
+        return sorted(kept, key=lambda s: s.ts)
 
     @cached_property
     def trace(self) -> tuple[EntityTag, _Trace] | None:
@@ -231,19 +246,25 @@ def _trace(tag: EntityTag, lineage: Sequence[Sighting]) -> _Trace | None:
 
 
 def _after(tag: EntityTag, held: Sighting, later: Sequence[Sighting]) -> _Trace:
-    """What came after the newest sighting of `tag` as current."""
+    """What came after the newest sighting of `tag` as current: the write that replaced the
+    state it stood for, and any sighting of another value before that write."""
+    replaced: Sighting | None = None
     for sighting in later:
         if sighting.kind == "f":
-            if sighting.etag and not _is_tag(sighting.etag, tag):
-                return _Trace(held, None, sighting)  # changed, and no logged write did it
+            if replaced is None and sighting.etag and not _is_tag(sighting.etag, tag):
+                replaced = sighting  # another value with no write: a replica, or unlogged
             continue
         if _is_tag(sighting.etag, tag):
             continue  # a write that kept the same ETag
-        if not sighting.if_match or _in_precondition(sighting.if_match, tag):
-            return _Trace(held, sighting, None)  # this write replaced it
-        # The write's If-Match names another value: something unlogged replaced the tag first.
-        return _Trace(held, None, sighting)
-    return _Trace(held, None, None)
+        deployed = held.version and sighting.version and held.version != sighting.version
+        if deployed and sighting.if_match and not _in_precondition(sighting.if_match, tag):
+            # The write's If-Match is another value, under another version: the deploy
+            # replaced the tag before this write did anything.
+            return _Trace(held, None, replaced or sighting)
+        # This write replaced the state the tag stood for (its If-Match may be another
+        # replica's ETag for that same state).
+        return _Trace(held, sighting, replaced)
+    return _Trace(held, None, replaced)
 
 
 def _missing_precondition(f: _Facts) -> Decision | None:
@@ -350,10 +371,15 @@ def _regenerated(f: _Facts) -> Decision | None:
     if found is None:
         return None
     tag, trace = found
-    if trace.held is None or trace.superseded_by is not None:
+    if trace.held is None:
         return None
-    answered = trace.replaced_by.version if trace.replaced_by else f.failure.deploy_version
-    if not _is_later(answered or "", trace.held.version, f.first_seen):
+    if trace.replaced_by is not None:  # the first other value seen, before any write
+        answered = trace.replaced_by.version
+    elif trace.superseded_by is None:  # still current in the lineage: this failure says not
+        answered = f.failure.deploy_version or ""
+    else:
+        return None  # a logged write replaced it
+    if not _is_later(answered, trace.held.version, f.first_seen):
         return None
     assert f.current is not None
     return Decision(
@@ -370,12 +396,19 @@ def _regenerated(f: _Facts) -> Decision | None:
 
 
 def _unstable_etag(f: _Facts) -> Decision | None:
-    """The current ETag went back to an earlier value with no write in between, under one
-    version, and If-Match is one of those values: replicas disagree about the same state."""
+    """Replicas (or serialisations) disagree about the same state: since the newest logged
+    write, under one version, the current ETag went back to an earlier value (A, B, A), or
+    moved away from the write's ETag with no write to explain it, and If-Match is one of those
+    values, or one no logged write ever replaced.
+
+    A move needs the write that starts the span: only a resource whose writes are logged
+    shows that its ETag changed without one (where none are, an unlogged write is likelier).
+    """
     if f.current is None or not f.if_match.tags:
         return None
     version = f.failure.deploy_version or ""
     span: list[EntityTag] = [f.current]  # current values, newest first, repeats in a row folded
+    from_write = False
     for sighting in reversed(f.lineage):
         if sighting.kind == "d" or (sighting.version and version and sighting.version != version):
             break  # a delete or a deploy starts a new span
@@ -383,15 +416,19 @@ def _unstable_etag(f: _Facts) -> Decision | None:
         if seen is not None and not weak_match(seen, span[-1]):
             span.append(seen)
         if sighting.kind == "w":
+            from_write = seen is not None
             break  # the write made its ETag current: the span starts there
     distinct: list[EntityTag] = []  # oldest first
     for tag in reversed(span):
         if not any(weak_match(tag, d) for d in distinct):
             distinct.append(tag)
-    if len(distinct) == len(span):
-        return None  # no value came back
-    if not any(weak_match(tag, d) for tag in f.if_match.tags for d in distinct):
+    returned = len(distinct) < len(span)
+    moved = from_write and len(distinct) > 1
+    if not (returned or moved):
         return None
+    held = any(weak_match(tag, d) for tag in f.if_match.tags for d in distinct)
+    if not held and f.trace is not None:
+        return None  # the lineage knows If-Match from elsewhere: not one of these values
     values = [str(tag) for tag in distinct][:6]
     return Decision(Cause.UNSTABLE_ETAG, {"values": values, "flips": len(span) - 1})
 

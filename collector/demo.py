@@ -23,6 +23,7 @@ CAUSES = (
     "weak_etag",
     "proxy_rewrite",
     "format_change",
+    "unstable_etag",
     "blind_retry",
     "concurrent_write",
     "cross_resource",
@@ -35,11 +36,14 @@ _VERSIONS: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
     "carts": (("2024.11.3", re.compile(r'"[0-9a-f]{16}"')),),
     "profiles": (("3.14.0", re.compile(r'W/"[0-9a-f]{12}"')),),
     "inventory": (("5.2.1", re.compile(r'"[0-9a-f]{40}"')),),
+    "files": (("7.1.0", re.compile(r'"[0-9a-f]+-[0-9a-f]+-[0-9a-f]+"')),),
 }
+_REPLICAS = 3  # the file servers behind the `files` load balancer
 _ORDER = "/api/orders/{id}"
 _CART = "/api/carts/{id}"
 _PROFILE = "/api/profiles/{id}"
 _ITEM = "/api/inventory/{sku}"
+_FILE = "/api/files/{path}"
 # How each proxied cart client sees the origin's ETag after the gzip proxy rewrote it.
 _CART_CLIENTS = (
     ("shop-web/5.3", "gzip"),
@@ -162,6 +166,13 @@ class _Sim:
         self.writes: dict[_Key, list[tuple[float, str]]] = {}
         self.lineage: dict[tuple[str, str], tuple[str, int]] = {}
         self.last412: dict[tuple[str, str, str, str], float] = {}
+        # What the logs show of each resource's current ETag since its newest logged write
+        # (whether a write starts it, and the values in order), and every ETag they mention.
+        self.spans: dict[_Key, tuple[bool, list[str]]] = {}
+        self.mentioned: set[tuple[str, str, str]] = set()
+        # The file servers: each file's content (size, mtime) and its inode on each replica.
+        self.files: dict[str, tuple[int, int]] = {}
+        self.inodes: dict[tuple[str, int], int] = {}
         self.request_ids: set[str] = set()
         self.etags: set[str] = set()
         self.ids: set[str] = set()
@@ -170,6 +181,7 @@ class _Sim:
             "orders": ([f"ord-{10000 + i}" for i in range(20000)], _zipf(20000, 0.75)),
             "profiles": ([f"prf-{58000 + i}" for i in range(3000)], _zipf(3000, 0.8)),
             "inventory": ([f"sku-{i * 7 + 4211:06d}" for i in range(6000)], _zipf(6000, 0.8)),
+            "files": ([f"docs/{i:04d}.md" for i in range(400)], _zipf(400, 0.9)),
         }
 
     # -- scheduling -------------------------------------------------------------------------
@@ -191,6 +203,7 @@ class _Sim:
             (0.007 * r, self._legacy_import),
             (0.002 * r, self._create_race),
             (0.002 * r, self._discontinue),
+            (0.04 * r, self._file_editor),
         ):
             self.spawn(self._poisson(rate, make))
         self.spawn(self._retry_bot())
@@ -213,6 +226,7 @@ class _Sim:
         for key, tag in self.current.items():
             if key[0] == "orders" and tag is not None:
                 self.current[key] = self._etag("orders")
+                self.spans[key] = (False, [])  # the new version starts a new span
         yield from ()
 
     # -- state and logging ------------------------------------------------------------------
@@ -244,6 +258,7 @@ class _Sim:
             "carts": lambda: f'"{bits(64):016x}"',
             "profiles": lambda: f'W/"{bits(48):012x}"',
             "inventory": lambda: f'"{bits(160):040x}"',
+            "files": lambda: f'"{bits(20):x}-{bits(16):x}-{bits(30):x}"',
         }[service]
         return self._unique(self.etags, make)
 
@@ -277,6 +292,13 @@ class _Sim:
         values += (im, inm, ce, client, self._version(service), reason, cause)
         self.events.append({k: v for k, v in zip(_FIELDS, values, strict=True) if v is not None})
         self.last_ts = ts
+        # A failure's If-Match is no evidence of the lineage; a write's is (current until it).
+        shown = (ce, im) if status < 300 else (ce,)
+        self.mentioned.update((service, resource, tag) for tag in shown if tag)
+        if status < 300:
+            self.spans[key] = (ce is not None, [ce] if ce else [])
+        elif ce is not None:
+            self.spans.setdefault(key, (False, []))[1].append(ce)
         if status < 300 and ce is not None:
             self.current[key] = ce
             history = self.writes.setdefault(key, [])
@@ -326,6 +348,8 @@ class _Sim:
         earlier = any(p.fullmatch(im) for _, p in versions[:now])
         if earlier and not versions[now][1].fullmatch(im) and versions[now][1].fullmatch(ce):
             return "format_change"
+        if self._flipped(service, resource, im, ce):
+            return "unstable_etag"
         previous = self.last412.get((service, client, resource, im))
         if previous is not None and ts - previous <= window:
             return "blind_retry"
@@ -336,6 +360,20 @@ class _Sim:
         if owner != resource and _high_entropy(im):
             return "cross_resource"
         return None
+
+    def _flipped(self, service: str, resource: str, im: str, ce: str) -> bool:
+        """Whether the logs show the current ETag moving with no write since the newest one
+        (off the write's ETag, or back to an earlier value), with If-Match among those values
+        or never logged for this resource."""
+        from_write, values = self.spans.get((service, resource), (False, []))
+        folded: list[str] = []
+        for tag in [*values, ce]:
+            if not folded or folded[-1] != tag:
+                folded.append(tag)
+        distinct = set(folded)
+        if not (len(distinct) < len(folded) or (from_write and len(distinct) > 1)):
+            return False
+        return im in distinct or (service, resource, im) not in self.mentioned
 
     def _near_boundary(self, service: str, resource: str, client: str, im: str) -> bool:
         """True when a write now would be within _MARGIN of a window edge (wait a moment)."""
@@ -500,6 +538,45 @@ class _Sim:
         yield self.rng.uniform(0.05, 1.5)
         current = self.current[("inventory", sku)]
         self._emit("inventory", _ITEM, "PUT", 412, sku, second, inm="*", ce=current)
+
+    def _file_etag(self, path: str, replica: int) -> str:
+        """Apache's default file ETag: inode, size and mtime, and each server has its own
+        inode for the same file."""
+        size, mtime = self.files[path]
+        inode = self.inodes.setdefault((path, replica), self.rng.getrandbits(24) | 1 << 20)
+        return f'"{inode:x}-{size:x}-{mtime:x}"'
+
+    def _file_editor(self) -> _Process:
+        """An editor behind the load balancer of three file servers: reads from one, saves
+        through another. Saved through the server it read from, it succeeds; through another
+        with the file unchanged, it fails because the servers disagree about the ETag."""
+        rng = self.rng
+        editor = self._claim(lambda: f"editor/u{rng.randrange(1, 400):03d}")
+        if editor is None:
+            return
+        path = self._pick("files")
+        if path not in self.files:
+            self.files[path] = (rng.randrange(200, 90_000), int(self.now) - 86_400)
+            self._emit("files", _FILE, "PUT", 201, path, editor, inm="*",
+                       ce=self._file_etag(path, rng.randrange(_REPLICAS)))  # fmt: skip
+        read_from, content = rng.randrange(_REPLICAS), self.files[path]
+        seen = self._file_etag(path, read_from)
+        yield rng.uniform(2, 40)
+        save_to = rng.randrange(_REPLICAS)
+        current = self._file_etag(path, save_to)
+        if self.files[path] == content and save_to == read_from:
+            self.files[path] = (rng.randrange(200, 90_000), int(self.now))
+            self._emit("files", _FILE, "PUT", 200, path, editor, im=seen,
+                       ce=self._file_etag(path, save_to))  # fmt: skip
+        else:
+            # The file changed meanwhile (a race) or the servers disagree (the same file): the
+            # demo logs the 412 only when its logs show which, as a collector would see it.
+            truth = "unstable_etag" if self.files[path] == content else "concurrent_write"
+            ts = self._stamp()
+            shown = self._cause(ts, "files", 412, path, editor, seen, None, current)
+            if shown == truth:
+                self._emit("files", _FILE, "PUT", 412, path, editor, im=seen, ce=current)
+        self.busy.discard(editor)
 
     def _discontinue(self) -> _Process:
         """An item is deleted (deletes are not logged); the price job's If-Match: * then fails."""

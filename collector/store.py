@@ -53,7 +53,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from collector.classify import PriorFailure, Sighting
+from collector.classify import CLOCK_SKEW_SECONDS, PriorFailure, Sighting
 from collector.etag import parse_precondition
 from collector.event import FAILURE_STATUSES, Event
 from collector.settings import Settings
@@ -201,10 +201,12 @@ _SNAPSHOT = (
     _LIB
     + """
 -- KEYS: the `e` key of each failure's resource. ARGV: window_s, writes_limit, conflict_limit,
--- span_limit, then per failure request_id, ts, client and its If-Match needles: '' (no tag:
+-- span_limit, skew_s, then per failure request_id, ts, client and its If-Match needles: '' (no tag:
 -- nothing to look up), 'a' (every sighting) or 'n' followed by opaque tags (RS before each).
 -- Per failure: {record or '', decided (0/1), sightings, conflicts}. Walking the timeline's
--- lineage members (w, d, f) newest first from the failure's time, `sightings` keeps those
+-- lineage members (w, d, f) newest first from the failure's time, `sightings` keeps the writes
+-- stamped up to `skew_s` after it (another instance's clock may put the write the failure saw
+-- there), those
 -- containing a needle with the sighting just after each, and the newest `span_limit` back to
 -- the newest write (member, score pairs): all the classifier reads of the lineage. The walk
 -- stops once each needle was found whole, as an ETag (`"x"` or `W/"x"`) or in a write's
@@ -213,12 +215,12 @@ _SNAPSHOT = (
 -- newest `conflict_limit` of the resource's in the window before the failure: what a blind
 -- retry can be.
 local window, wlimit, climit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local slimit = tonumber(ARGV[4])
+local slimit, skew = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 for k = 1, #KEYS do
   local e = KEYS[k]
   local z = string.sub(e, 1, -2) .. 'z'
-  local j = 4 * k + 1
+  local j = 4 * k + 2
   local rid, ts, client, needles = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local values = redis.call('HMGET', e, rid, 'c:' .. rid)
   local kept, conflicts = {}, {}
@@ -248,6 +250,13 @@ for k = 1, #KEYS do
   local writes, walked, prev, offset, size = 0, 0, nil, 0, 16
   local in_span = true
   local walking = mode ~= ''
+  if walking then
+    -- writes stamped a little after the failure: one the failure saw may be among them
+    local ahead = '(' .. ts
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', z, ahead, tonumber(ts) + skew)) do
+      if string.sub(member, 1, 1) == 'w' then keep(member) end
+    end
+  end
   while walking do
     -- most If-Match tags are among the newest sightings: read a little first, more if needed
     local chunk = redis.call('ZREVRANGEBYSCORE', z, ts, '-inf', 'LIMIT', offset, size)
@@ -1067,6 +1076,7 @@ class Store:
     ) -> tuple[Any, ...]:
         keys = [resource_prefix(f.service, f.resource_id) + "e" for f in failures]
         args: list[Any] = [window, self.writes_cap, conflict_limit, SPAN_LIMIT]
+        args.append(CLOCK_SKEW_SECONDS)
         for failure in failures:
             args += [failure.request_id, repr(failure.ts), failure.client_id]
             args.append(_needles(failure.if_match))

@@ -39,6 +39,10 @@ def lineage(*writes: tuple[float, str], client: str = "web/u9") -> list[Sighting
     return [Sighting(ts, f"w-{i}", "w", etag, client) for i, (ts, etag) in enumerate(writes)]
 
 
+def seen(ts: float, etag: str, rid: str, *, kind: str = "f", im: str = "", version: str = ""):
+    return Sighting(ts, rid, kind, etag, "web/u7", im, version)
+
+
 def test_rule_order_is_the_documented_precedence() -> None:
     """RULES lists the rules in the order the module docstring documents."""
     names = [rule.__name__.strip("_") for rule in RULES]
@@ -84,11 +88,21 @@ def test_window_boundary_is_inclusive() -> None:
 
 
 def test_writes_after_the_failure_are_ignored() -> None:
-    """A write logged after the failure cannot be the one that beat it."""
-    context = Context(lineage=lineage((T - 10, MD5_A), (T + 2, MD5_B)))
+    """A write logged well after the failure cannot be the one that beat it."""
+    context = Context(lineage=[seen(T - 10, MD5_A, "f-0"), *lineage((T + 5, MD5_B))])
     decision = classify_failure(failure(), context)
     assert decision.cause is Cause.CONCURRENT_WRITE
     assert decision.evidence["winner"] is None  # superseded by a write that was not logged
+
+
+def test_a_write_stamped_just_after_the_failure_it_caused_is_the_winner() -> None:
+    """Instances' clocks differ: a write stamped 1.5 s after the failure, whose ETag the failure
+    already saw as current, happened before it and won the race."""
+    context = Context(lineage=lineage((T - 10, MD5_A), (T + 1.5, MD5_B)))
+    decision = classify_failure(failure(), context)
+    assert decision.cause is Cause.CONCURRENT_WRITE
+    assert decision.evidence["winner"]["request_id"] == "w-1"
+    assert decision.evidence["race_seconds"] == 0
 
 
 def test_resource_seen_for_the_first_time() -> None:
@@ -225,10 +239,6 @@ def test_weak_origin_beats_proxy_rewrite() -> None:
     assert decision.cause is Cause.WEAK_ETAG
 
 
-def seen(ts: float, etag: str, rid: str, *, kind: str = "f", im: str = "", version: str = ""):
-    return Sighting(ts, rid, kind, etag, "web/u7", im, version)
-
-
 def test_race_named_from_the_winners_if_match() -> None:
     """If-Match never seen as anyone's ETag, but it was the If-Match of the write 2 s before."""
     context = Context(lineage=[seen(T - 2, MD5_B, "w-1", kind="w", im=MD5_A)])
@@ -257,7 +267,11 @@ def test_no_unstable_etag_across_a_write_or_a_deploy() -> None:
     """A value that comes back only across a write, or across a version, is not a flip."""
     a, b, c = '"aaaa-1"', '"bbbb-1"', '"cccc-1"'
     across_write = Context(
-        lineage=[seen(T - 30, a, "w-1", kind="w"), seen(T - 20, b, "w-2", kind="w", im=a)]
+        lineage=[
+            seen(T - 30, a, "w-1", kind="w"),
+            seen(T - 20, b, "w-2", kind="w", im=a),
+            seen(T - 10, a, "w-3", kind="w", im=b),
+        ]
     )
     decision = classify_failure(failure(if_match=b, current_etag=a), across_write)
     assert decision.cause is not Cause.UNSTABLE_ETAG
@@ -309,3 +323,22 @@ def test_a_delete_ends_the_span_of_current_values() -> None:
     )
     decision = classify_failure(failure(if_match=b, current_etag=a), context)
     assert decision.cause is not Cause.UNSTABLE_ETAG
+
+
+def test_unstable_etag_when_current_moves_off_a_logged_write_without_one() -> None:
+    """The write made A current; now the server says C with no write since: replicas disagree,
+    for a client holding A and for one holding a value no write ever replaced."""
+    a, b, c = '"1f2e-4d2-5f0a"', '"3c4d-4d2-5f0a"', '"5e6f-4d2-5f0a"'
+    context = Context(lineage=[seen(T - 30, a, "w-1", kind="w", im=MD5_A)])
+    for held in (a, b):
+        decision = classify_failure(failure(if_match=held, current_etag=c), context)
+        assert decision.cause is Cause.UNSTABLE_ETAG, held
+        assert decision.evidence["values"] == [a, c]
+
+
+def test_a_change_with_no_logged_write_at_all_is_a_race() -> None:
+    """Where the resource's writes are not logged, a new current value is an unlogged write."""
+    context = Context(lineage=[seen(T - 30, MD5_A, "f-0")])
+    decision = classify_failure(failure(), context)
+    assert decision.cause is Cause.CONCURRENT_WRITE
+    assert decision.evidence["winner"] is None
