@@ -111,6 +111,17 @@ async def test_every_cause_meets_precision_and_recall_on_demo_traffic() -> None:
         Counter((truth[k], v) for k, v in got.items() if truth[k] != v).most_common(8),
     )
     assert node.failures_counted() == len(truth)
+    # Who must fix a client-side cause is counted too: the retry bot, the legacy importer.
+    for cause, client in (
+        ("blind_retry", "retry-bot"),
+        ("missing_precondition", "legacy-importer"),
+    ):
+        expected = sum(
+            1 for e in events if e.get("demo_cause") == cause and e.get("client_id") == client
+        )
+        labels = {"service": "inventory", "client": client, "cause": cause}
+        value = node.metrics.registry.get_sample_value("precondition_client_failures_total", labels)
+        assert expected > 0 and value == expected, (cause, client, value, expected)
     for cause, (precision, recall, support) in table.items():
         assert support >= 20, cause
         assert precision >= TARGET and recall >= TARGET, (cause, precision, recall)

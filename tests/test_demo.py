@@ -55,12 +55,34 @@ def _shape(tag: str) -> str:
     return re.sub(r"[0-9a-f]", "h", tag)
 
 
+def _replicas_disagree(
+    span: tuple[bool, list[tuple[object, str]]] | None, version: object, im: str, ce: str
+) -> bool:
+    """Since the newest write, under this version, the ETag came back to an earlier value or
+    moved off the write's one with no write between."""
+    if span is None:
+        return False
+    from_write, seen = span
+    values: list[str] = []
+    for seen_version, tag in seen:
+        if seen_version != version:
+            values, from_write = [], False  # another version's values are another span
+        elif not values or values[-1] != tag:
+            values.append(tag)
+    if not values or values[-1] != ce:
+        values.append(ce)
+    return len(set(values)) < len(values) or (from_write and len(set(values)) > 1)
+
+
 def _reclassify(events: list[Event], window: float) -> list[str]:
     """An independent reading of the rules, from nothing but the events in time order."""
     writes: dict[tuple[object, object], list[tuple[float, str]]] = {}
     owner: dict[tuple[object, str], tuple[object, int]] = {}
     last412: dict[tuple[object, ...], float] = {}
     shapes: dict[object, dict[object, set[str]]] = {}  # service -> version -> ETag shapes
+    # Since each resource's newest write: whether a write began it, and (version, ETag) seen.
+    spans: dict[tuple[object, object], tuple[bool, list[tuple[object, str]]]] = {}
+    mentioned: set[tuple[object, object, str]] = set()  # ETags the lineage has for a resource
     causes = []
     for e in events:
         svc, res, ts, status = e["service"], e["resource_id"], _ts(e), e["status"]
@@ -71,6 +93,8 @@ def _reclassify(events: list[Event], window: float) -> list[str]:
             shapes.setdefault(svc, {}).setdefault(e["deploy_version"], set()).add(_shape(ce))
         if isinstance(status, int) and status < 300:
             assert isinstance(ce, str)
+            spans[(svc, res)] = (True, [(e.get("deploy_version"), ce)])
+            mentioned.update((svc, res, tag) for tag in (im, ce) if tag)
             history = writes.setdefault((svc, res), [])
             owner[(svc, ce)] = (res, len(history))
             history.append((ts, ce))
@@ -95,6 +119,10 @@ def _reclassify(events: list[Event], window: float) -> list[str]:
             cause = "proxy_rewrite"
         elif _shape(im) in earlier - now and _shape(ce) in now:
             cause = "format_change"
+        elif _replicas_disagree(spans.get((svc, res)), e.get("deploy_version"), im, ce) and (
+            im in {tag for _, tag in spans[(svc, res)][1]} | {ce} or (svc, res, im) not in mentioned
+        ):
+            cause = "unstable_etag"
         elif ts - last412.get((svc, e["client_id"], res, im), -1e18) <= window:
             cause = "blind_retry"
         else:
@@ -107,6 +135,9 @@ def _reclassify(events: list[Event], window: float) -> list[str]:
                 cause = "cross_resource"
         if status == 412 and im is not None:
             last412[(svc, e["client_id"], res, im)] = ts
+        if ce is not None:
+            spans.setdefault((svc, res), (False, []))[1].append((e.get("deploy_version"), ce))
+            mentioned.add((svc, res, ce))
         causes.append(cause)
     return causes
 

@@ -52,6 +52,9 @@ async def test_format_change_deploy_fires_within_five_minutes() -> None:
         "precondition_deploy_info", {"service": "orders", "version": "v2"}
     )
     assert info == 1.0
+    for version, shape in (("v1", "S:hex32"), ("v2", "S:v{N}-hex16")):
+        labels = {"service": "orders", "version": version, "format": shape}
+        assert node.metrics.registry.get_sample_value("precondition_etag_format_info", labels) == 1
 
 
 async def test_no_op_deploy_marker_does_not_fire() -> None:
