@@ -95,6 +95,9 @@ class Defaults:
 
 
 _MISSING = object()
+# Integers wider than this are no field's value; Python will not even print them past 4,300
+# digits. 64 bits would do, but OTLP's unsigned nanoseconds need one more.
+_MAX_INT_BITS = 128
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -113,15 +116,29 @@ def _lookup(obj: dict[str, Any], name: str) -> Any:
 
 
 def _first(obj: dict[str, Any], field: str) -> tuple[str, Any]:
+    """The first name of `field` that holds a value, and the value (`_MISSING` for none).
+
+    An object is a value only where it cannot be a namespace: `{"service": {"name": ...}}` is
+    the nested form of `service.name`, but `{"route": {...}}` is a route of the wrong type,
+    returned so that the caller names it."""
     value = obj.get(field)  # fast path: the canonical name, as most shippers send
     if value is not None and not isinstance(value, dict):
         return field, value
+    wrong = (field, value) if value is not None and field not in _NAMESPACES else None
     for name in ALIASES[field][1:]:
         value = _lookup(obj, name)
-        # A nested object is a namespace (`{"service": {"name": ...}}`), never the value itself.
-        if value is not _MISSING and value is not None and not isinstance(value, dict):
+        if value is _MISSING or value is None:
+            continue
+        if not isinstance(value, dict):
             return name, value
-    return field, _MISSING
+        wrong = wrong or (name, value)
+    return wrong or (field, _MISSING)
+
+
+# The first parts of dotted names, where an object is the nested form of those names.
+_NAMESPACES = frozenset(
+    name.split(".", 1)[0] for names in ALIASES.values() for name in names if "." in name
+)
 
 
 def _text(obj: dict[str, Any], field: str, *, allow_list: bool = False) -> str | None:
@@ -134,6 +151,8 @@ def _text(obj: dict[str, Any], field: str, *, allow_list: bool = False) -> str |
                 raise EventError(name, "must be a string or a list of strings")
             value = ", ".join(value)
         elif type(value) is int:
+            if value.bit_length() > _MAX_INT_BITS:  # str() refuses past 4,300 digits
+                raise EventError(name, f"must be a string, got an integer of {_size(value)}")
             value = str(value)
         else:
             raise EventError(name, f"must be a string, got {type(value).__name__}")
@@ -149,8 +168,11 @@ def _status(obj: dict[str, Any]) -> int:
     name, value = _first(obj, "status")
     if value is _MISSING:
         raise EventError("status", "missing")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        # isdigit() is also True for '²' or '٤', which int() refuses or reads as digits.
+        if text.isascii() and text.isdigit() and len(text) <= 6:
+            value = int(text)
     if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
         raise EventError(name, f"must be a 3-digit HTTP status code, got {_preview(value)}")
     return value
@@ -193,7 +215,10 @@ def _ts(obj: dict[str, Any], defaults: Defaults) -> float:
     if isinstance(value, bool):
         raise EventError(name, "must be an RFC 3339 time or epoch number, got a boolean")
     if isinstance(value, int | float):
-        seconds = _epoch_from_number(float(value))
+        try:
+            seconds = _epoch_from_number(float(value))
+        except OverflowError:  # an int past float's range (OTLP's intValue has no bound)
+            raise EventError(name, f"unreadable time {_preview(value)}") from None
     elif isinstance(value, str):
         seconds = _seconds_from_text(name, value)
     else:
@@ -202,15 +227,23 @@ def _ts(obj: dict[str, Any], defaults: Defaults) -> float:
         raise EventError(name, f"unreadable time {_preview(value)}")
     if seconds > defaults.received_at + defaults.max_clock_skew:
         ahead = seconds - defaults.received_at
+        # An absurd time in full would be hundreds of digits (1e300 s): then 3 say enough.
+        told = f"{ahead:.0f}" if ahead < 1e12 else f"{ahead:.3g}"
         raise EventError(
             name,
-            f"{ahead:.0f} s in the future, past PW_MAX_CLOCK_SKEW_SECONDS "
+            f"{told} s in the future, past PW_MAX_CLOCK_SKEW_SECONDS "
             f"({defaults.max_clock_skew:.0f})",
         )
     return seconds
 
 
+def _size(value: int) -> str:
+    return f"{value.bit_length()} bits"
+
+
 def _preview(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        return f"an integer of {_size(value)}"  # repr() refuses past 4,300 digits
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -286,6 +319,14 @@ def _parse_canonical(obj: dict[str, Any], defaults: Defaults) -> Event:
         method.upper() if method else None,
         *headers,
     )
+
+
+def check_request_service(service: str | None) -> str | None:
+    """The service a request names for its lines (`?service=`, `X-Service-Name`), held to the
+    rules of an event's own `service`; raises EventError naming the problem."""
+    if not service:
+        return None
+    return _text({"service": service}, "service")
 
 
 def parse_event(obj: object, defaults: Defaults) -> Event:

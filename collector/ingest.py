@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from collector.etag import fingerprint, parse_etag
-from collector.event import Defaults, Event, EventError, parse_event
+from collector.event import Defaults, Event, EventError, check_request_service, parse_event
 from collector.metrics import Metrics
-from collector.payload import Record
+from collector.payload import PayloadError, Record
+from collector.pseudonym import PlainIds, ResourceIds
 from collector.store import Store, StoreUnavailableError
 
 
@@ -27,9 +28,12 @@ class BatchResult:
 
 
 def parse_records(
-    records: Sequence[Record], defaults: Defaults
+    records: Sequence[Record], defaults: Defaults, resource_ids: ResourceIds | None = None
 ) -> tuple[list[Event], list[dict[str, object]]]:
-    """Events from decoded records, and `{"index", "error"}` for each one that is not one."""
+    """Events from decoded records, and `{"index", "error"}` for each one that is not one.
+
+    Every event stored passes here: with `resource_ids` hashing (PW_RESOURCE_ID_KEY), each
+    event leaves with its resource id's stored form, and the raw id goes no further."""
     events: list[Event] = []
     rejected: list[dict[str, object]] = []
     for record in records:
@@ -37,9 +41,14 @@ def parse_records(
             rejected.append({"index": record.index, "error": record.error})
             continue
         try:
-            events.append(parse_event(record.value, defaults))
+            event = parse_event(record.value, defaults)
         except EventError as exc:
             rejected.append({"index": record.index, "error": str(exc)})
+            continue
+        if resource_ids is not None:
+            # Still part of building the event: nothing has seen it yet.
+            event.resource_id = resource_ids.stored(event.resource_id)
+        events.append(event)
     return events, rejected
 
 
@@ -108,10 +117,12 @@ class Ingestor:
         *,
         max_clock_skew: float,
         on_stored: Callable[[set[str]], None] | None = None,
+        resource_ids: ResourceIds | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.max_clock_skew = max_clock_skew
+        self.resource_ids = resource_ids or PlainIds()
         self.on_stored = on_stored
         self.formats = FormatTracker()
 
@@ -136,10 +147,16 @@ class Ingestor:
         default_service: str | None,
         received_at: float | None = None,
     ) -> StoredBatch:
-        """Parse and store; `unavailable` says why nothing was acknowledged if Redis failed."""
+        """Parse and store; `unavailable` says why nothing was acknowledged if Redis failed.
+
+        Raises PayloadError (400) when the request names a service no event could have."""
         received_at = time.time() if received_at is None else received_at
-        defaults = Defaults(default_service, received_at, self.max_clock_skew)
-        events, rejected = parse_records(records, defaults)
+        try:
+            service = check_request_service(default_service)
+        except EventError as exc:
+            raise PayloadError(400, f"?service= or X-Service-Name: {exc.problem}") from None
+        defaults = Defaults(service, received_at, self.max_clock_skew)
+        events, rejected = parse_records(records, defaults, self.resource_ids)
         result = BatchResult(rejected=rejected)
 
         # A request id twice in one batch is a duplicate before Redis is even asked.

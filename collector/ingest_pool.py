@@ -34,6 +34,7 @@ from collector.logs import get_logger
 from collector.metrics import Metrics
 from collector.payload import PayloadError
 from collector.processes import start_child
+from collector.pseudonym import resource_ids
 from collector.settings import Settings
 from collector.store import Store, StoreUnavailableError
 from collector.wire import EVENTS, decode_body
@@ -101,7 +102,10 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     store.observer = lambda operation, seconds, failed: timings.append((operation, seconds, failed))
     # Its own registry: nothing scrapes it; the serving process counts what comes back.
     ingestor = Ingestor(
-        store, Metrics(CollectorRegistry()), max_clock_skew=settings.max_clock_skew_seconds
+        store,
+        Metrics(CollectorRegistry()),
+        max_clock_skew=settings.max_clock_skew_seconds,
+        resource_ids=resource_ids(settings),
     )
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(_frame(READY))
@@ -149,7 +153,7 @@ class _Process:
         ours, theirs = context.Pipe(duplex=True)
         self.process = context.Process(
             target=run,
-            args=(settings.model_dump_json(), theirs),
+            args=(settings.child_json(), theirs),
             name="precondition-watch-ingest",
             daemon=True,
         )
@@ -164,7 +168,8 @@ class _Process:
         """Wait until the process is ready: a batch sent before would wait for its imports."""
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
         try:
-            ready = await asyncio.wait_for(_read_frame(reader), START_TIMEOUT_SECONDS)
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):  # not wait_for: see Settler.run
+                ready = await _read_frame(reader)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
             self.stop()
             raise RuntimeError(f"ingest process did not start: {exc!r}") from exc

@@ -39,17 +39,25 @@ def exemplar(request_id: str) -> dict[str, str]:
 
 
 class LabelGuard:
-    """Caps distinct `service` and per-service `route` values; the rest become `__other__`."""
+    """Caps distinct `service` values, and per service distinct `route` and `client` values;
+    the rest become `__other__`."""
 
-    def __init__(self, overflow: Counter, *, max_services: int, max_routes_per_service: int):
+    def __init__(
+        self,
+        overflow: Counter,
+        *,
+        max_services: int,
+        max_routes_per_service: int,
+        max_clients_per_service: int = 50,
+    ):
         self._overflow = overflow
         self._max_services = max_services
-        self._max_routes = max_routes_per_service
+        self._caps = {"route": max_routes_per_service, "client": max_clients_per_service}
         self._services: set[str] = set()
-        self._routes: dict[str, set[str]] = {}
+        self._known: dict[tuple[str, str], set[str]] = {}  # (label, service) -> values
         # Raw value -> label, for accepted values only (so it is as bounded as the caps):
-        # key (None, service) for services, (service label, route) for routes.
-        self._accepted: dict[tuple[str | None, str], str] = {}
+        # key (None, service) for services, (label, service label, value) for the others.
+        self._accepted: dict[tuple[str | None, ...], str] = {}
         self._lock = threading.Lock()
 
     def service(self, value: str) -> str:
@@ -66,22 +74,28 @@ class LabelGuard:
         return OTHER
 
     def route(self, service: str, value: str | None) -> str:
+        return self._per_service("route", service, value)
+
+    def client(self, service: str, value: str | None) -> str:
+        return self._per_service("client", service, value)
+
+    def _per_service(self, label: str, service: str, value: str | None) -> str:
         if not value:
             return ""
-        cached = self._accepted.get((service, value))
+        cached = self._accepted.get((label, service, value))
         if cached is not None:
             return cached
         name = clean_label(value)
         with self._lock:
-            known = self._routes.setdefault(service, set())
-            if name in known or len(known) < self._max_routes:
+            known = self._known.setdefault((label, service), set())
+            if name in known or len(known) < self._caps[label]:
                 known.add(name)
-                self._remember((service, value), name)
+                self._remember((label, service, value), name)
                 return name
-        self._overflow.labels("route").inc()
+        self._overflow.labels(label).inc()
         return OTHER
 
-    def _remember(self, key: tuple[str | None, str], name: str) -> None:
+    def _remember(self, key: tuple[str | None, ...], name: str) -> None:
         # Many raw values can clean to one label (long values are cut): bound the cache too.
         if len(self._accepted) >= 100_000:
             self._accepted.clear()
@@ -109,6 +123,7 @@ class Metrics:
         *,
         max_services: int = 200,
         max_routes_per_service: int = 100,
+        max_clients_per_service: int = 50,
     ) -> None:
         self.registry = registry
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client; `_created` series double the output and nobody graphs them
@@ -123,6 +138,13 @@ class Metrics:
             "precondition_failures_total",
             "Precondition failures (412, 428, 409) by decided cause.",
             (*base, "cause"),
+            registry=registry,
+        )
+        self.client_failures = Counter(
+            "precondition_client_failures_total",
+            "Failures whose fix is the client's, by client: blind retries, no precondition "
+            "(428), ETags cached under the wrong resource. Capped per service.",
+            ("service", "client", "cause"),
             registry=registry,
         )
         self.race_seconds = Histogram(
@@ -155,6 +177,13 @@ class Metrics:
             "precondition_deploy_timestamp_seconds",
             "Event time of the latest deploy of the service.",
             ("service",),
+            registry=registry,
+        )
+        self.etag_format = Gauge(
+            "precondition_etag_format_info",
+            "ETag formats (fingerprints, never values) each of the two latest versions of a "
+            "service answered with; 1 while known.",
+            ("service", "version", "format"),
             registry=registry,
         )
         self.deploy_regression = Gauge(
@@ -218,10 +247,11 @@ class Metrics:
             ("label",),
             registry=registry,
         )
-        for label in ("service", "route"):
+        for label in ("service", "route", "client"):
             self.label_overflow.labels(label)
         self.labels = LabelGuard(
             self.label_overflow,
             max_services=max_services,
             max_routes_per_service=max_routes_per_service,
+            max_clients_per_service=max_clients_per_service,
         )

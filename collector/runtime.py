@@ -7,10 +7,12 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from collector.admission import Admission
 from collector.ingest import BatchResult, Ingestor
 from collector.ingest_pool import IngestPool, Job
 from collector.logs import get_logger
 from collector.metrics import Metrics
+from collector.pseudonym import resource_ids
 from collector.settings import Settings
 from collector.settle import Settler
 from collector.store import Store, StoreUnavailableError
@@ -19,6 +21,8 @@ from collector.wire import EVENTS, decode_body
 from collector.worker import SettleWorker
 
 log = get_logger("collector")
+# How often the serving process counts what its settle worker decided.
+COUNT_INTERVAL_SECONDS = 0.2
 
 
 class Collector:
@@ -38,6 +42,7 @@ class Collector:
             self.registry,
             max_services=settings.max_services,
             max_routes_per_service=settings.max_routes_per_service,
+            max_clients_per_service=settings.max_clients_per_service,
         )
         self.store.observer = self._observe_redis
         self.settler = Settler(
@@ -55,6 +60,7 @@ class Collector:
             self.metrics,
             max_clock_skew=settings.max_clock_skew_seconds,
             on_stored=self._stored,
+            resource_ids=resource_ids(settings),
         )
         self._tasks: list[asyncio.Task[None]] = []
         # With a real Redis, ingest and settling run in processes of their own, which connect
@@ -66,11 +72,10 @@ class Collector:
             else None
         )
         self.in_flight = 0  # batches being stored now
+        self.admission = Admission(settings.max_inflight_bytes)
         # More batches in flight than processes storing them: ingest is saturated.
         self.ingest_lanes = self.pool.size if self.pool else 1
-        self.worker = (
-            SettleWorker(settings, self.settler) if shared and settings.settle_process else None
-        )
+        self.worker = SettleWorker(settings) if shared and settings.settle_process else None
 
     async def ingest(
         self,
@@ -81,10 +86,11 @@ class Collector:
     ) -> tuple[int, BatchResult]:
         """Store one request body in `wire`'s format; the number of records in it and the answer.
 
-        Raises PayloadError for a body that cannot be read, StoreUnavailableError when
-        nothing was acknowledged."""
+        Raises OverloadedError past the in-flight byte budget, PayloadError for a body that
+        cannot be read, StoreUnavailableError when nothing was acknowledged."""
         started = time.perf_counter()
         received_at = time.time()
+        self.admission.take(len(body))  # the body as decompressed, beside what was read
         self._in_flight(+1)
         try:
             if self.pool is None:
@@ -102,6 +108,7 @@ class Collector:
                 count, batch = done.records, done.batch
         finally:
             self._in_flight(-1)
+            self.admission.give_back(len(body))
         return count, self.ingestor.count(batch, time.perf_counter() - started)
 
     def _in_flight(self, change: int) -> None:
@@ -150,13 +157,18 @@ class Collector:
             await self.pool.check()
 
     async def _oversee(self, interval: float) -> None:
-        """While a worker settles: keep it alive, judge deploys, export the backlog."""
+        """While a worker settles: keep it alive, count what it decided, judge deploys, export
+        the backlog."""
         assert self.worker is not None
+        last_review = 0.0
         while True:
-            await asyncio.sleep(interval)
-            self.worker.check()
+            await asyncio.sleep(COUNT_INTERVAL_SECONDS)
             try:
-                await self.review()
+                await self.settler.drain(await self.store.services())
+                if time.monotonic() - last_review >= interval:
+                    last_review = time.monotonic()
+                    self.worker.check()
+                    await self.review()
             except StoreUnavailableError as exc:
                 log.warning("oversee_failed", error=str(exc))
 
@@ -177,6 +189,7 @@ class Collector:
         deploys and refresh the gauges: when it returns, verdicts and gauges are final. The
         number of failures this call settled."""
         settled = await self.settler.settle_all(force=True)
+        await self.settler.drain(await self.store.services())  # what a worker decided, too
         await self.review(settled=True)
         return settled
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A child process gets its settings as JSON; only then are secrets written out in clear.
+_CHILD = {"reveal_secrets": True}
+MIN_RESOURCE_ID_KEY_LENGTH = 16
 
 
 class SettingsError(Exception):
@@ -38,8 +50,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="Body limit, also after decompression"
     )
+    max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=2048,
+        description="Request bytes (read and decompressed) held at once; past it ingest "
+        "answers 503 with Retry-After",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long one Redis round trip may take before the request gets a 503",
+    )
     ingest_tokens: SecretStr | None = Field(
         default=None, description="Comma-separated bearer tokens; set: ingest needs one"
+    )
+    admin_tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated bearer tokens for POST /v1/flush and POST /v1/deploys",
+    )
+    resource_id_key: SecretStr | None = Field(
+        default=None,
+        description="Set: resource ids are stored as a keyed hash (HMAC-SHA256) of themselves",
     )
     settle_interval_seconds: float = Field(
         default=1.0, gt=0, le=60, description="How often idle services are checked for settling"
@@ -73,6 +105,12 @@ class Settings(BaseSettings):
     max_services: int = Field(
         default=200, ge=1, description="Distinct `service` label values before `__other__`"
     )
+    max_clients_per_service: int = Field(
+        default=50,
+        ge=1,
+        description="Distinct `client` label values per service (on "
+        "precondition_client_failures_total) before `__other__`",
+    )
     max_routes_per_service: int = Field(
         default=100, ge=1, description="Distinct `route` label values per service"
     )
@@ -95,11 +133,41 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    def tokens(self) -> list[bytes]:
-        """The accepted ingest tokens, empty when ingest is open."""
-        if self.ingest_tokens is None:
+    @field_validator("resource_id_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < MIN_RESOURCE_ID_KEY_LENGTH:
+            # A short key can be guessed, and with it every hashed id.
+            raise ValueError(f"must be at least {MIN_RESOURCE_ID_KEY_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _separate_tokens(self) -> Settings:
+        if set(self.tokens("ingest")) & set(self.tokens("admin")):
+            # One shared token would let every log shipper flush and post deploys.
+            raise ValueError("PW_ADMIN_TOKENS: must not repeat a token of PW_INGEST_TOKENS")
+        return self
+
+    @field_serializer("ingest_tokens", "admin_tokens", "resource_id_key", when_used="json")
+    def _dump_secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        if value is None:
+            return None
+        context = info.context or {}
+        return value.get_secret_value() if context.get("reveal_secrets") else str(value)
+
+    def child_json(self) -> str:
+        """The settings for an ingest or settle process, secrets included: the child reads
+        them back with `model_validate_json` (plain JSON masks every secret)."""
+        return self.model_dump_json(context=_CHILD)
+
+    def tokens(self, role: Literal["ingest", "admin"] = "ingest") -> list[bytes]:
+        """The bearer tokens of `role` (PW_INGEST_TOKENS or PW_ADMIN_TOKENS); empty when unset."""
+        secret = self.ingest_tokens if role == "ingest" else self.admin_tokens
+        if secret is None:
             return []
-        raw = self.ingest_tokens.get_secret_value()
+        raw = secret.get_secret_value()
         return [t.strip().encode() for t in raw.split(",") if t.strip()]
 
 
@@ -110,6 +178,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"PW_{field.upper()}: {error['msg']}")
+            if error["loc"]:
+                problems.append(f"PW_{str(error['loc'][0]).upper()}: {error['msg']}")
+            else:  # a check across variables names them in its message
+                problems.append(error["msg"].removeprefix("Value error, "))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,7 +1,10 @@
 """Settling: once a service's watermark passes a failure, classify it, store the decision, count it.
 
 Any replica may settle any failure; the store hands each one to a single claimer and keeps the
-first decision, and only the replica whose decision was kept counts it in the metrics.
+first decision. The script that keeps it also keeps what counting it needs (`Counted`), and a
+serving process takes that from the store and counts it (`Settler.drain`): so a decided failure
+is counted exactly once, in one replica's metrics, even when the process that decided it dies
+right after (a settle worker has no metrics of its own to lose).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collector.etag import is_high_entropy, parse_precondition
 from collector.event import Event
 from collector.logs import get_logger
 from collector.metrics import Metrics, exemplar
-from collector.store import FailureContext, PendingFailure, Store, StoreUnavailableError
+from collector.store import US, FailureContext, PendingFailure, Store, StoreUnavailableError
 
 log = get_logger("collector.settle")
 # Services settled at once: enough to overlap Redis round trips with classification.
@@ -70,7 +73,8 @@ def context_from_store(
 
 
 class Counted(NamedTuple):
-    """What the metrics need of one decided failure: small enough to send between processes."""
+    """What the metrics need of one decided failure; stored beside its decision until a
+    serving process counts it (`encode_counted`, `decode_counted`)."""
 
     service: str
     route: str | None
@@ -81,9 +85,70 @@ class Counted(NamedTuple):
     race_seconds: float | None
     superseded_seconds: float | None
     rewrites: tuple[str, ...]
+    client: str | None = None  # only for CLIENT_CAUSES
 
 
-GroupKey = tuple[str, str | None, str | None, int, str, tuple[str, ...]]
+# Causes whose fix is one client's: counted by client too (precondition_client_failures_total).
+CLIENT_CAUSES = frozenset({"blind_retry", "missing_precondition", "cross_resource"})
+
+
+def counted_of(pending: PendingFailure, record: dict[str, Any], decision: Decision) -> Counted:
+    """What counting a decided failure needs of it."""
+    evidence = decision.evidence
+    race = evidence.get("race_seconds") if decision.cause is Cause.CONCURRENT_WRITE else None
+    superseded = evidence.get("superseded_seconds_ago")
+    return Counted(
+        pending.service,
+        record.get("route"),
+        record.get("method"),
+        int(record.get("status") or 0),
+        str(decision.cause),
+        pending.request_id,
+        race if isinstance(race, int | float) else None,
+        superseded if isinstance(superseded, int | float) else None,
+        tuple(str(kind) for kind in evidence.get("rewrite", ())),
+        record.get("client_id") if decision.cause in CLIENT_CAUSES else None,
+    )
+
+
+def encode_counted(counted: Counted) -> str:
+    """A Counted as the store keeps it (the service is the key it is kept under)."""
+    _, route, method, status, cause, request_id, race, superseded, rewrites, client = counted
+    return US.join(
+        (
+            route or "",
+            method or "",
+            str(status),
+            cause,
+            request_id,
+            "" if race is None else repr(race),
+            "" if superseded is None else repr(superseded),
+            ",".join(rewrites),
+            client or "",
+        )
+    )
+
+
+def decode_counted(service: str, entry: bytes) -> Counted:
+    """The Counted that `encode_counted` kept for `service`."""
+    route, method, status, cause, request_id, race, superseded, rewrites, client = (
+        entry.decode().split(US)
+    )
+    return Counted(
+        service,
+        route or None,
+        method or None,
+        int(status),
+        cause,
+        request_id,
+        float(race) if race else None,
+        float(superseded) if superseded else None,
+        tuple(rewrites.split(",")) if rewrites else (),
+        client or None,
+    )
+
+
+GroupKey = tuple[str, str | None, str | None, int, str, tuple[str, ...], str | None]
 
 
 @dataclass(slots=True)
@@ -122,7 +187,7 @@ class Tally:
 
 
 def _key_of(c: Counted) -> GroupKey:
-    return (c.service, c.route, c.method, c.status, c.cause, c.rewrites)
+    return (c.service, c.route, c.method, c.status, c.cause, c.rewrites, c.client)
 
 
 class Settler:
@@ -150,8 +215,9 @@ class Settler:
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
         self._series: dict[tuple[object, ...], Any] = {}
-        # Set in a settle worker: decided failures go to the serving process to be counted.
-        self.on_counted: Callable[[Counted], None] | None = None
+        # False in a settle worker: what it decides is counted by the serving process, which
+        # drains the store.
+        self.drains = True
         # Set in a settle worker: awaited before each claim (it gives way to a busy ingest).
         self.before_claim: Callable[[], Awaitable[object]] | None = None
         self._exemplar_at: dict[int, float] = {}
@@ -248,50 +314,35 @@ class Settler:
             decisions,
             gone=[found.record is None for found in contexts],
             count_as=[count_key(d.cause, d.evidence) for _, d in details],
+            tallies=[
+                encode_counted(counted_of(pending, record, decision))
+                for (pending, _), (record, decision) in zip(decisions, details, strict=True)
+            ],
         )
-        counted = 0
-        for (pending, _), (record, decision), is_first in zip(
-            decisions, details, kept, strict=True
-        ):
-            if is_first and record.get("status"):
-                self._count(pending, record, decision)
-                counted += 1
+        counted = sum(
+            1
+            for (record, _), is_first in zip(details, kept, strict=True)
+            if is_first and record.get("status")
+        )
+        if self.drains:
+            await self.drain([service])
         return counted
 
-    def _count(self, pending: PendingFailure, record: dict[str, Any], decision: Decision) -> None:
-        evidence = decision.evidence
-        race = evidence.get("race_seconds") if decision.cause is Cause.CONCURRENT_WRITE else None
-        superseded = evidence.get("superseded_seconds_ago")
-        counted = Counted(
-            pending.service,
-            record.get("route"),
-            record.get("method"),
-            int(record["status"]),
-            str(decision.cause),
-            pending.request_id,
-            race if isinstance(race, int | float) else None,
-            superseded if isinstance(superseded, int | float) else None,
-            tuple(str(kind) for kind in evidence.get("rewrite", ())),
-        )
-        if self.on_counted is not None:
-            self.on_counted(counted)
-        else:
-            self.apply(counted)
-
-    def apply(self, counted: Counted) -> None:
-        """Count one decided failure in the metrics."""
-        race, superseded = counted.race_seconds, counted.superseded_seconds
-        group = Group(
-            1,
-            counted.request_id,
-            [] if race is None else [race],
-            [] if superseded is None else [superseded],
-        )
-        self.apply_group(_key_of(counted), group)
+    async def drain(self, services: Iterable[str]) -> int:
+        """Count in the metrics the decided failures the store holds for counting (this
+        process's, a settle worker's, or another replica's: whoever drains counts them, once)."""
+        tally, drained = Tally(), 0
+        for service, entries in (await self.store.take_counted(services)).items():
+            drained += len(entries)
+            for entry in entries:
+                tally.add(decode_counted(service, entry))
+        for key, group in tally.take().items():
+            self.apply_group(key, group)
+        return drained
 
     def apply_group(self, key: GroupKey, group: Group) -> None:
         """Count decided failures that share their labels (here, or for a settle worker)."""
-        service_name, route_name, method, status, cause, rewrites = key
+        service_name, route_name, method, status, cause, rewrites, client = key
         m = self.metrics
         service = m.labels.service(service_name)
         route = m.labels.route(service, route_name)
@@ -308,6 +359,10 @@ class Settler:
                 staleness.observe(seconds)
         for kind in rewrites:
             m.rewrites.labels(service, kind).inc(group.count)
+        if client:
+            m.client_failures.labels(service, m.labels.client(service, client), cause).inc(
+                group.count
+            )
 
     def _exemplar(self, series: object, request_id: str) -> dict[str, str] | None:
         """A `request_id` exemplar at most once a second per series: a scrape keeps only the
@@ -331,8 +386,11 @@ class Settler:
         """Settle woken services as events arrive, and every service each `interval`."""
         last_sweep = 0.0
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as its timeout fires, and shutdown then waits for nothing.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             woken, self._woken = self._woken, set()
             try:

@@ -34,6 +34,8 @@ Per service,  `pw:s:{s}:`   + `p` zset pending failure `ts US resource US reques
                                  `n:<minute>` hash `req` and `c:<cause>` counts (event time)
                                  `d` hash version -> how the deploy became known (marker)
                                  `r` hash version -> regression verdict (JSON), set once
+                                 `k` list decided failures not yet counted in any replica's
+                                     metrics (settle.py's `encode_counted`)
 Global        `pw:services` zset service by last receive time
 
 Index buckets are 15 minutes of receive time and expire `retention` after their start.
@@ -59,6 +61,8 @@ from collector.event import FAILURE_STATUSES, Event
 from collector.settings import Settings
 
 US = "\x1f"  # never inside a stored field: event.py rejects control characters
+# A record's field `+<request_id>` says the event was indexed: its service state is written.
+INDEXED = "+"
 RS = "\x1e"
 SERVICES_KEY = "pw:services"
 INDEX_BUCKET_SECONDS = 900
@@ -66,6 +70,8 @@ INDEX_BUCKET_SECONDS = 900
 MAX_EVENTS_PER_KEY = 1000
 # The 412/409s a failure's snapshot returns at most: enough to see a blind retry loop.
 CONFLICT_LIMIT = 200
+# A claim this old is stuck (settling one takes milliseconds): a flush takes it over.
+STUCK_CLAIM_SECONDS = 2.0
 # Sightings since the newest write a snapshot returns at most: enough to see replicas flip.
 SPAN_LIMIT = 32
 
@@ -141,7 +147,8 @@ return #KEYS
 
 _TRIM = """
 -- KEYS: the `e` key of each resource a batch touched. ARGV: timeline_cap.
--- Cuts each timeline (and its records and decisions) and conflicts set to the cap.
+-- Cuts each timeline (and its records, index flags and decisions) and conflicts set to the
+-- cap.
 local US = string.char(31)
 local tcap = tonumber(ARGV[1])
 for r = 1, #KEYS do
@@ -156,7 +163,7 @@ for r = 1, #KEYS do
     local gone = {}
     for _, member in ipairs(old) do
       local rid = string.match(member, '^.' .. US .. '([^' .. US .. ']*)')
-      gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid
+      gone[#gone+1] = rid; gone[#gone+1] = 'c:' .. rid; gone[#gone+1] = '+' .. rid
     end
     redis.call('HDEL', e, unpack(gone))
     extra = extra - chunk
@@ -166,9 +173,10 @@ return 1
 """
 
 _CLAIM = """
--- KEYS: p. ARGV: now_ms, lateness_s, idle_s, lease_ms, limit, force, ttl.
+-- KEYS: p. ARGV: now_ms, lateness_s, idle_s, lease_ms, limit, force, ttl, stuck_ms.
 -- Moves failures the watermark has passed from pending to in-flight, and re-leases in-flight
--- ones whose settler vanished. Returns members, due ones first, then re-leased ones.
+-- ones whose settler vanished (and, when forced, stuck ones). Returns members, due ones first,
+-- then re-leased ones.
 local base = string.sub(KEYS[1], 1, -2)
 local p, m, i = KEYS[1], base .. 'm', base .. 'i'
 local now = tonumber(ARGV[1])
@@ -183,7 +191,12 @@ if newest then
   local due = redis.call('ZRANGEBYSCORE', p, '-inf', bound, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do out[#out+1] = member end
 end
-local lost = redis.call('ZRANGEBYSCORE', i, '-inf', now, 'LIMIT', 0, limit)
+-- forced (a flush), also those claimed more than stuck_ms ago: a claim is settled in
+-- milliseconds, so its settler died with Redis or is gone, and deciding twice is harmless
+-- (the first decision is kept, and counted once)
+local lost_until = now
+if ARGV[6] == '1' then lost_until = now + tonumber(ARGV[4]) - tonumber(ARGV[8]) end
+local lost = redis.call('ZRANGEBYSCORE', i, '-inf', lost_until, 'LIMIT', 0, limit)
 for _, member in ipairs(lost) do out[#out+1] = member end
 -- one ZREM and one ZADD for the lot (chunks keep unpack() within its limit)
 for start = 1, #out, 500 do
@@ -313,15 +326,16 @@ _DECIDE = """
 -- KEYS: the service's `i` key, then the `e` key of each failure. ARGV: ttl, then per failure
 -- request_id, decision, pending member, '1' where the resource's record was gone (its key may
 -- be too: HSETNX would create it without a TTL), event-time minute and count name (its cause
--- as the deploy detector tells causes apart). Sets each decision unless one exists, ends the
--- lease, and adds each decision it set (for a record still there) to the service's per-minute
--- counts, which the deploy detector reads.
+-- as the deploy detector tells causes apart) and tally entry. Sets each decision unless one
+-- exists, ends the lease, and adds each decision it set (for a record still there) to the
+-- service's per-minute counts, which the deploy detector reads, and its tally entry to the
+-- service's `k` list, which a serving process drains into its metrics.
 -- Returns 1 where this call set the decision.
 local base = string.sub(KEYS[1], 1, -2)
 local ttl = tonumber(ARGV[1])
-local out, done, counts = {}, {}, {}
+local out, done, counts, tallies = {}, {}, {}, {}
 for k = 2, #KEYS do
-  local j = 6 * (k - 2) + 1
+  local j = 7 * (k - 2) + 1
   out[k - 1] = redis.call('HSETNX', KEYS[k], 'c:' .. ARGV[j + 1], ARGV[j + 2])
   if ARGV[j + 4] == '1' then
     redis.call('EXPIRE', KEYS[k], ttl)
@@ -330,6 +344,7 @@ for k = 2, #KEYS do
     local field = 'c:' .. ARGV[j + 6]
     counts[n] = counts[n] or {}
     counts[n][field] = (counts[n][field] or 0) + 1
+    if ARGV[j + 7] ~= '' then tallies[#tallies+1] = ARGV[j + 7] end
   end
   done[#done+1] = ARGV[j + 3]
 end
@@ -340,6 +355,10 @@ for n, fields in pairs(counts) do
   for field, count in pairs(fields) do redis.call('HINCRBY', n, field, count) end
   redis.call('EXPIRE', n, ttl)
 end
+for i = 1, #tallies, 1000 do
+  redis.call('RPUSH', base .. 'k', unpack(tallies, i, math.min(i + 999, #tallies)))
+end
+if #tallies > 0 then redis.call('EXPIRE', base .. 'k', ttl) end
 return out
 """
 
@@ -436,7 +455,6 @@ class IngestResult:
 def _service_commands(
     service: str,
     new: list[Event],
-    touched: list[Event],
     formats: list[tuple[str, str, float]],
     *,
     now_ms: int,
@@ -445,10 +463,8 @@ def _service_commands(
     bucket_ttl: int,
 ) -> list[tuple[Any, ...]]:
     """One service's share of a batch as plain commands: the request and ETag indexes, the
-    pending failures, deploy versions and formats, per-minute counts and the watermark.
-
-    `new` are the events stored by this batch, `touched` those plus failures to queue again.
-    """
+    pending failures, deploy versions and formats, per-minute counts and the watermark, for
+    the events this batch indexes (`new`)."""
     sp = service_prefix(service)
     commands: list[tuple[Any, ...]] = []
     # One pass over the new events (this runs for every event stored).
@@ -482,7 +498,7 @@ def _service_commands(
             ("EXPIRE", f"{sp}x:{bucket}", bucket_ttl),
         ]
     pending: list[str] = []
-    for e in touched:
+    for e in new:
         if e.status in FAILURE_STATUSES:
             ts = repr(e.ts)
             client = e.client_id or ""
@@ -504,7 +520,7 @@ def _service_commands(
         commands.append(("EXPIRE", f"{sp}h:{minute}", ttl))
     for minute, n in minutes.items():
         commands += [("HINCRBY", f"{sp}n:{minute}", "req", n), ("EXPIRE", f"{sp}n:{minute}", ttl)]
-    newest = repr(max(e.ts for e in touched))
+    newest = repr(max(e.ts for e in new))
     commands += [
         ("ZADD", sp + "m", "GT", newest, "max"),
         ("ZADD", sp + "m", now_ms, "seen"),
@@ -669,8 +685,10 @@ class _BulkConnection:
             self.close()  # Redis closed it while it sat idle (a restart): never send on it
         try:
             if self._writer is None:
-                await asyncio.wait_for(self._connect(), timeout)
-            return await asyncio.wait_for(self._exchange(commands), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see Settler.run
+                    await self._connect()
+            async with asyncio.timeout(timeout):
+                return await self._exchange(commands)
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
             self.close()  # replies may be half read: start over on a new connection
             raise StoreUnavailableError(str(exc) or type(exc).__name__) from exc
@@ -757,12 +775,16 @@ class Store:
     @classmethod
     def from_url(cls, url: str | None, **options: Any) -> Store:
         """A store on `url`, or on an in-process fakeredis when `url` is None."""
+        timeout = options.pop("timeout", 5.0)
         if url is None:
             import fakeredis  # the embedded default; production sets PW_REDIS_URL
 
             return cls(fakeredis.FakeAsyncRedis(), embedded=True, **options)
         client = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(2.0, timeout),
+            health_check_interval=30,
         )
         pool = client.connection_pool
         plain = pool.connection_class in (aioredis.Connection, aioredis.UnixDomainSocketConnection)
@@ -774,7 +796,7 @@ class Store:
         )
         store = cls(client, **options)
         if plain:
-            store._bulk = _Bulk(pool.connection_kwargs)
+            store._bulk = _Bulk(pool.connection_kwargs, timeout=timeout)
         return store
 
     @classmethod
@@ -785,6 +807,7 @@ class Store:
             retention_seconds=settings.retention_seconds,
             timeline_max_events=settings.timeline_max_events,
             lineage_max_writes=settings.lineage_max_writes,
+            timeout=settings.redis_timeout_seconds,
         )
 
     async def close(self) -> None:
@@ -835,17 +858,34 @@ class Store:
 
         return (await self._pipeline(build))[0]
 
-    async def _send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Every reply, an error reply as a value: by `_Bulk` when it can, else by redis-py."""
+    async def _send(
+        self, commands: Sequence[tuple[Any, ...]], *, atomic: bool = False
+    ) -> list[Any]:
+        """Every reply, an error reply as a value: by `_Bulk` when it can, else by redis-py.
+
+        With `atomic`, the commands run as one MULTI/EXEC transaction: all of them or, if Redis
+        dies first, none (its AOF drops a transaction it did not finish writing)."""
         if self._bulk is not None:
-            return await self._bulk.run(commands)
-        pipe = self.client.pipeline(transaction=False)
+            if not atomic:
+                return await self._bulk.run(commands)
+            replies = await self._bulk.run([("MULTI",), *commands, ("EXEC",)])
+            queued, done = replies[1:-1], replies[-1]
+            errors = [reply for reply in queued if isinstance(reply, _ERRORS)]
+            if errors or not isinstance(done, list):
+                return [*errors, done] if errors else [done]
+            return done
+        pipe = self.client.pipeline(transaction=atomic)
         for command in commands:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
 
     async def _commands(
-        self, operation: str, commands: Sequence[tuple[Any, ...]], *, scripts: bool = False
+        self,
+        operation: str,
+        commands: Sequence[tuple[Any, ...]],
+        *,
+        scripts: bool = False,
+        atomic: bool = False,
     ) -> list[Any]:
         """Commands in one round trip; raises StoreUnavailableError if any failed.
 
@@ -853,7 +893,8 @@ class Store:
         `("EVALSHA", "claim", numkeys, ...)`; the name is swapped for its SHA here. If Redis
         forgot the scripts (a restart), they are loaded again and only the script calls are
         sent again: the plain commands beside them already ran, and running an HSETNX twice
-        would turn a new event into a duplicate.
+        would turn a new event into a duplicate. With `atomic` (plain commands only), they
+        run as one transaction.
         """
 
         def resolved(batch: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -863,7 +904,7 @@ class Store:
         with self._observed(operation):
             try:
                 if not scripts:
-                    return _check(await self._send(commands))
+                    return _check(await self._send(commands, atomic=atomic))
                 await self._load_scripts()
                 replies = await self._send(resolved(commands))
                 lost = [
@@ -933,8 +974,8 @@ class Store:
                 written.append(prefix + "f")
         commands.append(("EVALSHA", "expire", len(written), *written, ttl))
         replies = await self._commands("ingest", commands, scripts=True)
-        stored = [bool(replies[at]) for at in record_reply]
-        requeue = await self._undecided_failures(events, stored)
+        recorded = [bool(replies[at]) for at in record_reply]
+        fresh = await self._unindexed(events, recorded)
 
         self._batches += 1
         # Trimming costs a few calls per resource; every 32nd batch keeps the caps close
@@ -942,45 +983,47 @@ class Store:
         if self._batches % 32 == 1:
             trim = ("EVALSHA", "trim", len(record_keys), *record_keys, self.timeline_cap)
             await self._commands("trim", [trim], scripts=True)
-        await self._store_service_state(events, stored, requeue, now, formats)
-        return IngestResult(stored)
+        await self._store_service_state(events, fresh, now, formats)
+        return IngestResult(fresh)
 
-    async def _undecided_failures(self, events: Sequence[Event], stored: list[bool]) -> list[bool]:
-        """Which duplicates are failures still without a decision: their first copy may never
-        have reached the pending set, so they are queued again (the pending set ignores
-        members it has)."""
-        again = [False] * len(events)
-        retried = [i for i, event in enumerate(events) if not stored[i] and event.is_failure]
+    async def _unindexed(self, events: Sequence[Event], recorded: list[bool]) -> list[bool]:
+        """Which events this batch must index: the ones it recorded, and duplicates whose
+        first copy was recorded but never indexed (that attempt died between its two round
+        trips, and the shipper is retrying it)."""
+        fresh = list(recorded)
+        retried = [i for i, is_new in enumerate(recorded) if not is_new]
         if retried:
             checks = [
                 (
                     "HEXISTS",
                     resource_prefix(events[i].service, events[i].resource_id) + "e",
-                    "c:" + events[i].request_id,
+                    INDEXED + events[i].request_id,
                 )
                 for i in retried
             ]
-            for index, decided in zip(retried, await self._commands("ingest", checks), strict=True):
-                again[index] = not decided
-        return again
+            flags = await self._commands("ingest", checks)
+            for index, indexed in zip(retried, flags, strict=True):
+                fresh[index] = not indexed
+        return fresh
 
     async def _store_service_state(
         self,
         events: Sequence[Event],
-        stored: list[bool],
-        requeue: list[bool],
+        fresh: list[bool],
         now: float,
         formats: Sequence[tuple[str, str, str, float]],
     ) -> None:
-        """Per service, one script: pending failures, indexes, versions, formats, watermark."""
+        """What the batch's events add to their services (pending failures, indexes, versions,
+        formats, counts, watermark) and each event's index flag, in one transaction: an event
+        is indexed whole or not at all, so a retry can tell which events to index again."""
         new: dict[str, list[Event]] = {}
-        touched: dict[str, list[Event]] = {}  # new, or a retried failure to queue again
-        for event, is_new, again in zip(events, stored, requeue, strict=True):
-            if is_new:
+        flags: dict[str, list[str]] = {}
+        for event, is_fresh in zip(events, fresh, strict=True):
+            if is_fresh:
                 new.setdefault(event.service, []).append(event)
-            if is_new or again:
-                touched.setdefault(event.service, []).append(event)
-        if not touched:
+                e = resource_prefix(event.service, event.resource_id) + "e"
+                flags.setdefault(e, []).extend((INDEXED + event.request_id, ""))
+        if not new:
             return
         format_items: dict[str, list[tuple[str, str, float]]] = {}
         for service, version, fingerprint, ts in formats:
@@ -990,10 +1033,9 @@ class Store:
         # A bucket expires `retention` after it began: no entry outlives the retention.
         bucket_ttl = max(1, bucket * INDEX_BUCKET_SECONDS + self.retention - int(now))
         commands: list[tuple[Any, ...]] = []
-        for service, mine in touched.items():
+        for service, mine in new.items():
             commands += _service_commands(
                 service,
-                new.get(service, []),
                 mine,
                 format_items.get(service, []),
                 now_ms=now_ms,
@@ -1001,13 +1043,14 @@ class Store:
                 bucket=bucket,
                 bucket_ttl=bucket_ttl,
             )
-        seen = [x for service in touched for x in (now_ms, service)]
+        seen = [x for service in new for x in (now_ms, service)]
         commands += [
             ("ZADD", SERVICES_KEY, *seen),
             ("ZREMRANGEBYSCORE", SERVICES_KEY, "-inf", now_ms - self.retention * 1000),
             ("EXPIRE", SERVICES_KEY, self.retention),
         ]
-        await self._commands("store_service_state", commands)
+        commands += [("HSET", e, *fields) for e, fields in flags.items()]
+        await self._commands("store_service_state", commands, atomic=True)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -1028,7 +1071,7 @@ class Store:
         """
         now = time.time() if now is None else now
         args: list[Any] = [int(now * 1000), lateness, lateness, int(lease_seconds * 1000), limit]
-        args += ["1" if force else "0", self.retention]
+        args += ["1" if force else "0", self.retention, int(STUCK_CLAIM_SECONDS * 1000)]
 
         claim = ("EVALSHA", "claim", 1, service_prefix(service) + "p", *args)
         (members,) = await self._commands("claim_due", [claim], scripts=True)
@@ -1105,7 +1148,7 @@ class Store:
             lookup = ("EVALSHA", "lookup", 1, key, index, buckets[0], buckets[-1], RS.join(chunk))
             (values,) = await self._commands("lookup_index", [lookup], scripts=True)
             for name, value in zip(chunk, values, strict=True):
-                if value:
+                if value is not None:  # b"": a failure that named no resource
                     found[name] = value.decode()
         return found
 
@@ -1113,7 +1156,8 @@ class Store:
         self, service: str, etags: Iterable[str], now: float | None = None
     ) -> dict[str, str]:
         """Which resource of `service` last had each ETag, where one is known."""
-        return await self._lookup_index(service, "x", sorted(set(etags)), now)
+        found = await self._lookup_index(service, "x", sorted(set(etags)), now)
+        return {etag: owner for etag, owner in found.items() if owner}  # "": no resource named
 
     async def find_request(
         self, service: str, request_id: str, now: float | None = None
@@ -1127,12 +1171,15 @@ class Store:
         *,
         gone: Sequence[bool] = (),
         count_as: Sequence[str] = (),
+        tallies: Sequence[str] = (),
     ) -> list[bool]:
         """Store each decision unless one exists; True where this call made it (count it).
 
         Each decision it made for a record still stored is added to the service's per-minute
         counts (`minute_counts`), in the same round trip, under its `count_as` name (default:
-        its cause), which is what the deploy detector tells apart.
+        its cause), which is what the deploy detector tells apart; and its `tallies` entry
+        (what counting it needs) is kept for `take_counted`, in the same script: a decision
+        is never kept without what counts it, nor counted twice.
 
         `gone` marks failures whose record was no longer stored: their resource's key may have
         expired, and the decision must not bring it back without a TTL.
@@ -1153,6 +1200,7 @@ class Store:
                 args.append("1" if index < len(gone) and gone[index] else "0")
                 counted = count_as[index] if index < len(count_as) else None
                 args += [int(failure.ts // 60), counted or decision.get("cause", "unknown")]
+                args.append(tallies[index] if index < len(tallies) else "")
             calls.append(("EVALSHA", "decide", len(keys), *keys, *args))
 
         kept = [False] * len(decisions)
@@ -1161,6 +1209,23 @@ class Store:
             for index, flag in zip(indexes, flags, strict=True):
                 kept[index] = bool(flag)
         return kept
+
+    async def take_counted(
+        self, services: Iterable[str], limit: int = 5000
+    ) -> dict[str, list[bytes]]:
+        """Take (and remove) up to `limit` per service of the decided failures waiting to be
+        counted: each is handed to one caller only."""
+        names = list(services)
+        if not names:
+            return {}
+
+        def build(pipe: Any) -> None:
+            for service in names:
+                pipe.lpop(service_prefix(service) + "k", limit)
+
+        replies = await self._pipeline(build)
+        found = zip(names, replies, strict=True)
+        return {service: list(entries) for service, entries in found if entries}
 
     async def minute_counts(
         self, service: str, first_minute: int, last_minute: int

@@ -7,9 +7,14 @@ replica may record it). The deploy gauges are refreshed from the store on every 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from collector.deploys import BASELINE_MAX_SECONDS, WATCH_SECONDS, Deploy, first_regression
 from collector.metrics import Metrics
 from collector.store import Store
+
+# A version answering with more ETag formats than this is odd already; the gauge shows the first.
+MAX_FORMATS_PER_VERSION = 10
 
 
 class DeployTracker:
@@ -20,6 +25,7 @@ class DeployTracker:
         self.metrics = metrics
         self.lateness = lateness
         self._exported: dict[str, tuple[str, bool]] = {}
+        self._formats: dict[str, set[tuple[str, str]]] = {}
         # Deploys judged through their whole watch window with no verdict: nothing can change
         # their verdict any more, so they are not read again.
         self._closed: set[tuple[str, str, float]] = set()
@@ -68,13 +74,14 @@ class DeployTracker:
                 }
                 await self.store.record_regression(service, latest.version, verdict)
                 latest = Deploy(latest.version, latest.ts, latest.source, latest.formats, verdict)
-            elif settled is False and until >= latest.ts + WATCH_SECONDS:
+            elif until >= latest.ts + WATCH_SECONDS:
                 self._closed.add(key)
-        self.export(service, latest)
+        self.export(service, latest, deploys[-2:-1])
         return latest
 
-    def export(self, service: str, latest: Deploy) -> None:
-        """Set the deploy gauges for the service's latest deploy, dropping the previous one."""
+    def export(self, service: str, latest: Deploy, before: Sequence[Deploy] = ()) -> None:
+        """Set the deploy gauges for the service's latest deploy, dropping the previous one,
+        and the ETag formats of it and of the deploy `before` it."""
         m = self.metrics
         label = m.labels.service(service)
         version = m.labels.version(latest.version)
@@ -87,6 +94,16 @@ class DeployTracker:
         m.deploy_timestamp.labels(label).set(latest.ts)
         m.deploy_regression.labels(label, version).set(1 if regressed else 0)
         self._exported[label] = (version, regressed)
+        formats = {
+            (m.labels.version(d.version), fingerprint)
+            for d in (*before, latest)
+            for fingerprint in d.formats[:MAX_FORMATS_PER_VERSION]
+        }
+        for gone in self._formats.get(label, set()) - formats:
+            m.etag_format.remove(label, *gone)
+        for known in formats:
+            m.etag_format.labels(label, *known).set(1)
+        self._formats[label] = formats
 
     async def judge_all(self, *, settled: bool = False) -> None:
         for service in await self.store.services():

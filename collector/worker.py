@@ -4,9 +4,10 @@ Ingest and classification both cost Python CPU, and one process has one core's w
 Redis as the shared state, a separate process settles while the serving and ingest processes
 store batches. Ingest comes first: while the serving process reports more batches in flight than
 ingest processes, the worker waits before each claim (up to PW_SETTLE_YIELD_SECONDS), so a
-burst is stored at the rate the ingest processes parse it and classified when it ends. The
-worker sends what it decided, summed by label set, to the serving process, which counts it, so
-`/metrics` stays one scrape target with exemplars.
+burst is stored at the rate the ingest processes parse it and classified when it ends. What
+the worker decides is counted by the serving process, which takes it from the store (see
+settle.py), so `/metrics` stays one scrape target with exemplars and a worker that dies takes
+no count with it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Awaitable, Callable
-from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 
 import uvloop
@@ -27,12 +27,12 @@ from collector.logs import get_logger
 from collector.metrics import Metrics
 from collector.processes import start_child
 from collector.settings import Settings
-from collector.settle import Settler, Tally
+from collector.settle import Settler
 from collector.store import Store
 
 log = get_logger("collector.worker")
 NICENESS = 10
-SEND_INTERVAL_SECONDS = 0.2
+PARENT_CHECK_SECONDS = 0.2
 # Small claims, two services at a time: a settling script holds Redis while it runs (about
 # 60 us per failure), and every ingest batch waits behind it. A claim of 500 held it for tens
 # of milliseconds; 100 lets ingest commands in between.
@@ -77,7 +77,6 @@ def claim_gate(
 
 def run(
     settings_json: str,
-    conn: Connection,
     busy: Synchronized[int] | None = None,
     parent: int | None = None,
 ) -> None:
@@ -88,12 +87,10 @@ def run(
     # uvloop, as uvicorn picks for the serving process: its sockets and loop run in C. The
     # serving process's pid as it passed it: if it died while this one started, getppid() here
     # would already name the process that adopted this one, and the worker would never stop.
-    uvloop.run(_settle(settings, conn, os.getppid() if parent is None else parent, busy))
+    uvloop.run(_settle(settings, os.getppid() if parent is None else parent, busy))
 
 
-async def _settle(
-    settings: Settings, conn: Connection, parent: int, busy: Synchronized[int] | None = None
-) -> None:
+async def _settle(settings: Settings, parent: int, busy: Synchronized[int] | None = None) -> None:
     store = Store.from_settings(settings)
     # Its own registry: nothing scrapes it; what counts goes to the parent.
     settler = Settler(
@@ -104,17 +101,14 @@ async def _settle(
         batch_size=CLAIM_BATCH,
         lanes=LANES,
     )
-    tally = Tally()
-    settler.on_counted = tally.add
+    settler.drains = False
     settler.before_claim = claim_gate(busy, settings.settle_yield_seconds)
     task = asyncio.create_task(settler.run(settings.settle_interval_seconds))
     try:
         while os.getppid() == parent and not task.done():
-            await asyncio.sleep(SEND_INTERVAL_SECONDS)
-            if tally.groups:
-                conn.send(tally.take())
-    except (BrokenPipeError, EOFError, OSError) as exc:
-        log.warning("settle_worker_exiting", error=repr(exc))  # the serving process is gone
+            await asyncio.sleep(PARENT_CHECK_SECONDS)
+        if not task.done():
+            log.warning("settle_worker_exiting", reason="the serving process is gone")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -123,13 +117,11 @@ async def _settle(
 
 
 class SettleWorker:
-    """The serving process's handle on its worker: start, receive counts, restart, stop."""
+    """The serving process's handle on its worker: start, restart, stop."""
 
-    def __init__(self, settings: Settings, settler: Settler) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.settler = settler
         self.process: multiprocessing.process.BaseProcess | None = None
-        self._conn: Connection | None = None
         context = multiprocessing.get_context("spawn")
         # Shared memory the worker reads before each claim; one writer, no lock needed.
         self._busy: Synchronized[int] = context.Value("b", 0, lock=False)
@@ -140,38 +132,15 @@ class SettleWorker:
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
-        receiving, sending = context.Pipe(duplex=False)
         process = context.Process(
             target=run,
-            args=(self.settings.model_dump_json(), sending, self._busy, os.getpid()),
+            args=(self.settings.child_json(), self._busy, os.getpid()),
             name="precondition-watch-settle",
             daemon=True,
         )
         process.start()
-        sending.close()
-        self.process, self._conn = process, receiving
-        asyncio.get_running_loop().add_reader(receiving.fileno(), self._receive)
+        self.process = process
         log.info("settle_worker_started", pid=process.pid)
-
-    def _receive(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            # The event loop made the pipe non-blocking; a message bigger than the pipe's buffer
-            # must be read whole (the worker is writing the rest right now).
-            os.set_blocking(conn.fileno(), True)
-            while conn.poll():
-                for key, group in conn.recv().items():
-                    self.settler.apply_group(key, group)
-        except (EOFError, OSError):
-            self._close_pipe()  # the worker died; `check` starts another
-
-    def _close_pipe(self) -> None:
-        if self._conn is not None:
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
-            self._conn.close()
-            self._conn = None
 
     def alive(self) -> bool:
         """Whether the settle process is running."""
@@ -181,11 +150,9 @@ class SettleWorker:
         """Start a new worker if the last one died (its leased failures are claimed again)."""
         if self.process is not None and not self.process.is_alive():
             log.warning("settle_worker_died", exitcode=self.process.exitcode)
-            self._close_pipe()
             self.start()
 
     def stop(self) -> None:
-        self._close_pipe()
         if self.process is not None:
             self.process.terminate()
             self.process.join(timeout=5)

@@ -57,6 +57,17 @@ def process_family(pid: int) -> list[tuple[int, str, list[str]]]:
     return found
 
 
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Print `line` on the terminal even while pytest captures output: a count a test
+    measured that belongs in the CI log, passing or not."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:  # -p no:capture
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        print("\n" + line)
+
+
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
     """Poll `condition()` until it is truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -116,7 +116,7 @@ def test_timestamps_in_every_accepted_form(value: object, expected: float) -> No
         ({"status": 41.2}, "status", "3-digit"),
         ({"requestId": None}, "request_id", "missing"),
         ({"requestId": ""}, "request_id", "missing"),
-        ({"requestId": {"x": 1}}, "request_id", "missing"),
+        ({"requestId": {"x": 1}}, "requestId", "must be a string"),
         ({"requestId": ["a"]}, "requestId", "must be a string"),
         ({"ts": "yesterday"}, "ts", "unreadable time"),
         ({"ts": "2026-09-21T10:00:00"}, "ts", "no UTC offset"),

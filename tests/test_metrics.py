@@ -139,3 +139,17 @@ def test_series_count_is_bounded_whatever_arrives() -> None:
 def test_clean_label(raw: str, clean: str) -> None:
     """Unprintable characters are replaced and long values cut."""
     assert clean_label(raw) == clean
+
+
+def test_client_label_is_capped_per_service() -> None:
+    """Clients are labels only on precondition_client_failures_total, capped per service."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, max_clients_per_service=2)
+    assert metrics.labels.client("shop", "bot-a") == "bot-a"
+    assert metrics.labels.client("shop", "bot-b") == "bot-b"
+    assert metrics.labels.client("shop", "bot-c") == "__other__"
+    assert metrics.labels.client("cart", "bot-c") == "bot-c"  # another service, its own cap
+    value = registry.get_sample_value(
+        "precondition_collector_label_overflow_total", {"label": "client"}
+    )
+    assert value == 1.0

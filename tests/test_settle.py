@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.event import Event
 from collector.metrics import Metrics
-from collector.settle import Counted, Settler, Tally
+from collector.settle import Counted, Settler, Tally, decode_counted, encode_counted
 from collector.store import Store
 from tests.conftest import failures_in, make_store
 
@@ -171,7 +171,10 @@ def test_a_tally_counts_what_each_failure_would() -> None:
     store = make_store("fake")
     each = Settler(store, Metrics(one_by_one), window=5, lateness=0)
     for counted in decided:
-        each.apply(counted)
+        alone = Tally()
+        alone.add(counted)
+        for key, group in alone.take().items():
+            each.apply_group(key, group)
     tally = Tally()
     for counted in decided:
         tally.add(counted)
@@ -244,3 +247,31 @@ async def test_failures_current_etag_is_lineage_evidence(store: Store) -> None:
     _, decision = await store.request("shop", "ord-1", "f1")
     assert decision is not None and decision["cause"] == "concurrent_write"
     assert decision["evidence"]["winner"]["request_id"] == "w1"
+
+
+def test_a_counted_failure_survives_the_store_unchanged() -> None:
+    """What the store keeps for counting decodes to what was decided."""
+    for counted in (
+        Counted("shop", "/o/{id}", "PUT", 412, "concurrent_write", "r1", 0.25, None, ()),
+        Counted("shop", None, None, 409, "proxy_rewrite", "r2", None, 30.5, ("a", "b")),
+    ):
+        entry = encode_counted(counted).encode()
+        assert decode_counted("shop", entry) == counted
+
+
+async def test_what_a_settler_that_does_not_count_decided_is_counted_once_by_a_drain(
+    store: Store,
+) -> None:
+    """A settle worker decides but does not count; whoever drains the store counts each
+    decided failure once, however often it drains."""
+    worker = settler_for(store)
+    worker.drains = False
+    await store.ingest(
+        [write("w0", T - 60, MD5_A), write("w1", T - 2, MD5_B), conflict("f1", T)], T
+    )
+    assert await worker.settle_all(force=True, now=T) == 1
+    assert total_failures(worker) == 0
+    server = settler_for(store)
+    assert await server.drain(["shop"]) == 1
+    assert await server.drain(["shop"]) == 0
+    assert failures_counted(server, "concurrent_write") == 1

@@ -100,15 +100,21 @@ async def test_decision_is_recorded_once(store: Store) -> None:
     assert counts[minute]["c:stale_etag"] == 1 and "c:unknown" not in counts[minute]
 
 
-async def test_retry_requeues_a_failure_that_never_reached_pending(store: Store) -> None:
-    """A failure stored but never queued (fault between the two steps) is queued on retry."""
+async def test_retry_indexes_a_failure_whose_first_attempt_stopped_halfway(store: Store) -> None:
+    """A failure recorded but never indexed (Redis died between the two round trips) is
+    indexed whole by the retry: pending, and found by its request id."""
     failure = ev("a", NOW - 30)
     await store.ingest([failure], NOW)
-    await store.client.delete(service_prefix("shop") + "p")  # as if step two had failed
+    # As if the second round trip's transaction had never run.
+    await store.client.delete(service_prefix("shop") + "p")
+    await store.client.delete(*[k async for k in store.client.scan_iter("pw:s:*q:*")])
+    await store.client.hdel(resource_prefix("shop", "o1") + "e", "+a")
     result = await store.ingest([failure], NOW)
-    assert result.stored == [False]
+    assert result.stored == [True]  # acknowledged (and counted) by the call that indexed it
+    assert await store.find_request("shop", "a", now=NOW) == "o1"
     due = await store.claim_due("shop", lateness=5, now=NOW, force=True)
     assert [f.request_id for f in due] == ["a"]
+    assert (await store.ingest([failure], NOW)).stored == [False]  # now a plain duplicate
 
 
 async def test_decided_duplicate_is_not_requeued(store: Store) -> None:
@@ -156,7 +162,7 @@ async def test_timeline_and_lineage_are_capped() -> None:
     timeline = await store.timeline("shop", "o1", limit=100)
     assert [rid for rid, _, _ in timeline] == [f"w{i}" for i in range(20, 30)]
     fields = await store.client.hkeys(resource_prefix("shop", "o1") + "e")
-    assert sorted(f.decode() for f in fields if not f.startswith(b"\x1f")) == [
+    assert sorted(f.decode() for f in fields if not f.startswith(b"+")) == [
         f"w{i}" for i in range(20, 30)
     ]
     await store.close()
@@ -347,3 +353,14 @@ async def test_per_minute_counts_and_hot_resources_add_up_across_batches(store: 
     assert await store.hot("shop", since=NOW - 60, until=NOW) == [("o1", 2.0), ("o2", 1.0)]
     counts = await store.minute_counts("shop", minute, minute)
     assert counts[minute]["req"] == 4
+
+
+async def test_a_flush_takes_over_claims_that_are_stuck(store: Store) -> None:
+    """A claim older than a couple of seconds (its settler died with Redis) goes to a flush at
+    once; a fresh one, still being settled, does not."""
+    await store.ingest([ev("a", NOW - 30)], NOW)
+    claimed = await store.claim_due("shop", lateness=5, now=NOW, force=True)
+    assert [f.request_id for f in claimed] == ["a"]
+    assert await store.claim_due("shop", lateness=5, now=NOW + 1, force=True) == []
+    stuck = await store.claim_due("shop", lateness=5, now=NOW + 3, force=True)
+    assert [f.request_id for f in stuck] == ["a"]

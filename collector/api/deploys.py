@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from collector.api.deps import CollectorDep, IngestAuth
+from collector.api.deps import AdminAuth, CollectorDep, ServiceName
 
 router = APIRouter(tags=["deploys"])
 
@@ -21,7 +21,7 @@ class DeployMarker(BaseModel):
     ts: float | None = Field(default=None, gt=0, description="epoch seconds; default now")
 
 
-@router.post("/v1/deploys", dependencies=[IngestAuth])
+@router.post("/v1/deploys", dependencies=[AdminAuth])
 async def post_deploy(marker: DeployMarker, collector: CollectorDep) -> dict[str, Any]:
     """Record that `service` started running `version` at `ts`."""
     ts = marker.ts if marker.ts is not None else time.time()
@@ -32,9 +32,7 @@ async def post_deploy(marker: DeployMarker, collector: CollectorDep) -> dict[str
 
 
 @router.get("/v1/services/{service}")
-async def get_service(
-    service: Annotated[str, Path(min_length=1, max_length=128)], collector: CollectorDep
-) -> dict[str, Any]:
+async def get_service(service: ServiceName, collector: CollectorDep) -> dict[str, Any]:
     """A service: its watermark and its deploys with ETag formats and regression verdicts."""
     deploys = await collector.deploys.deploys(service)
     newest = await collector.store.watermark(service)

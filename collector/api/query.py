@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
 
-from collector.api.deps import CollectorDep
+from collector.api.deps import CollectorDep, RequestId, ServiceName, StoredResourceId
 
 router = APIRouter(tags=["query"])
-
-ServiceName = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 @router.get("/v1/services")
@@ -22,7 +20,7 @@ async def list_services(collector: CollectorDep) -> dict[str, Any]:
 @router.get("/v1/services/{service}/requests/{request_id}")
 async def get_request(
     service: ServiceName,
-    request_id: Annotated[str, Path(min_length=1, max_length=256)],
+    request_id: RequestId,
     collector: CollectorDep,
 ) -> dict[str, Any]:
     """The decision for one request: cause, state (pending or classified) and evidence."""
@@ -56,11 +54,12 @@ async def get_request(
 @router.get("/v1/services/{service}/resources/{resource_id}/timeline")
 async def get_timeline(
     service: ServiceName,
-    resource_id: Annotated[str, Path(max_length=512)],
+    resource_id: StoredResourceId,
     collector: CollectorDep,
     limit: Annotated[int, Query(ge=1, le=2000)] = 200,
 ) -> dict[str, Any]:
-    """The resource's newest writes and failures in event-time order, with causes."""
+    """The resource's newest writes and failures in event-time order, with causes (the raw
+    resource id or its hashed form, with PW_RESOURCE_ID_KEY)."""
     entries = await collector.store.timeline(service, resource_id, limit=limit)
     events = []
     for request_id, record, decision in entries:
