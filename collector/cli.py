@@ -38,19 +38,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from collector.client import Sender, SendError, read_lines
+    from collector.client import LogFile, Sender, SendError, follow_file, read_lines
 
-    sender = Sender(args.url, service=args.service, token=args.token, batch_lines=args.batch)
+    sender = Sender(
+        args.url,
+        service=args.service,
+        token=args.token,
+        batch_lines=args.batch,
+        max_attempts=args.attempts,
+    )
+    progress = sender.progress
     try:
         if args.file == "-":
-            progress = sender.send_lines(read_lines(sys.stdin.buffer, follow=args.follow))
+            sender.send_lines(read_lines(sys.stdin.buffer, follow=args.follow))
+        elif args.follow:
+            with LogFile(args.file) as probe:
+                if probe.compressed:
+                    print("precondition-watch ingest: --follow reads plain files", file=sys.stderr)
+                    return 2
+            sender.send_lines(follow_file(args.file))
         else:
-            with open(args.file, "rb") as stream:
-                progress = sender.send_lines(read_lines(stream, follow=args.follow))
+            with LogFile(args.file) as log:
+                progress.bytes_total = log.size
+
+                def advance() -> None:
+                    progress.bytes_read = log.position()
+
+                sender.send_lines(read_lines(log.lines, on_read=advance))
     except SendError as exc:
         print(f"precondition-watch ingest: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, EOFError) as exc:  # EOFError: a .gz file cut short
         print(f"precondition-watch ingest: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -58,8 +76,16 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.flush:
         import httpx
 
-        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        token = args.admin_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         answer = httpx.post(args.url.rstrip("/") + "/v1/flush", headers=headers, timeout=120)
+        if answer.status_code != 200:
+            print(
+                f"precondition-watch ingest: flush answered {answer.status_code}: "
+                f"{answer.text[:300]}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"flushed: {answer.json()}", file=sys.stderr)
     return 0 if progress.rejected == 0 else 3
 
@@ -137,16 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     ingest = commands.add_parser(
-        "ingest", help="send a log file (NDJSON, one event per line) or stdin to a collector"
+        "ingest",
+        help="send a log file (NDJSON, one event per line; .gz too) or stdin to a collector",
     )
-    ingest.add_argument("file", help="path of an NDJSON log file, or - for stdin")
+    ingest.add_argument("file", help="path of an NDJSON log file (or .gz), or - for stdin")
     ingest.add_argument("--url", default="http://127.0.0.1:8080", help="collector base URL")
     ingest.add_argument("--service", help="service name for lines that carry none")
     ingest.add_argument("--token", help="bearer token (when the collector sets PW_INGEST_TOKENS)")
     ingest.add_argument("--batch", type=int, default=500, help="lines per request")
-    ingest.add_argument("--follow", action="store_true", help="keep sending new lines (tail -f)")
+    ingest.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep sending new lines, through rotation and truncation (tail -F)",
+    )
+    ingest.add_argument(
+        "--attempts",
+        type=int,
+        default=8,
+        help="tries per batch on 429, 503 and connection errors, with jittered backoff",
+    )
     ingest.add_argument(
         "--flush", action="store_true", help="settle every pending failure at the end (a replay)"
+    )
+    ingest.add_argument(
+        "--admin-token", help="bearer token for --flush (when the collector sets PW_ADMIN_TOKENS)"
     )
     ingest.set_defaults(run=_ingest)
 

@@ -79,7 +79,9 @@ def split_records(body: bytes, content_type: str | None) -> list[Record]:
     """
     kind = media_type(content_type)
     if kind not in JSON_TYPES:
-        raise PayloadError(415, f"Content-Type {kind!r} is not supported: send JSON or NDJSON")
+        raise PayloadError(
+            415, f"Content-Type {kind!r} is not supported: send JSON, NDJSON or msgpack"
+        )
     if body.startswith(BOM):
         body = body[len(BOM) :]
     text = body.lstrip(b" \t\r\n")
