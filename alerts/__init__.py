@@ -1,0 +1,1 @@
+"""Prometheus recording and alerting rules of Precondition Watch, and the code that builds them."""
