@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEPS := .deps
 export PATH := $(CURDIR)/$(DEPS)/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint typecheck pytest bench deps venv clean
+.PHONY: run test lint typecheck pytest bench deps venv clean packages dashboards screenshots alerts rules-test stack
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -17,6 +17,10 @@ deps: $(DEPS)/bin/redis-server
 $(DEPS)/bin/redis-server: .ci/fetch-binaries
 	bash .ci/fetch-binaries $(DEPS)
 
+# chromium and docker-compose, installed with apt-get (see the script).
+packages:
+	bash .ci/install-packages
+
 run: venv
 	$(BIN)/precondition-watch serve
 
@@ -27,10 +31,31 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv deps
+pytest: venv deps packages
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+# promtool checks the alert rules and runs their unit tests (alerts/tests/).
+rules-test: deps
+	promtool check rules alerts/rules.yml
+	promtool test rules alerts/tests/*.test.yml
+
+test: lint typecheck rules-test pytest
+
+# Rebuild alerts/rules.yml from alerts/build.py.
+alerts: venv
+	$(BIN)/python -m alerts.build
+
+# redis-server, the collector, Prometheus with the rules, Alertmanager and the demo, until Ctrl-C.
+stack: venv deps
+	$(BIN)/python -m tests.stack
+
+# Rebuild dashboards/json/ from dashboards/*.py.
+dashboards: venv
+	$(BIN)/python -m dashboards.build
+
+# Retake the README's screenshots of the drill-down pages (docs/img/) in headless Chromium.
+screenshots: venv deps packages
+	PW_SCREENSHOT_DIR=docs/img $(BIN)/pytest -q tests/api/test_ui.py -k chromium
 
 bench: venv deps
 	$(BIN)/python -m tests.bench_ingest

@@ -11,7 +11,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from collector import __version__
-from collector.api import control, deploys, health, ingest, query
+from collector.admission import OverloadedError
+from collector.api import control, deploys, health, ingest, loki, otlp, query, ui
+from collector.api.admission import RETRY_AFTER_SECONDS as ADMISSION_RETRY_AFTER
+from collector.api.admission import AdmissionMiddleware
+from collector.api.deps import Access
 from collector.logs import get_logger
 from collector.payload import PayloadError
 from collector.runtime import Collector
@@ -36,11 +40,25 @@ def create_app(settings: Settings, collector: Collector | None = None) -> FastAP
 
     app = FastAPI(title="Precondition Watch", version=__version__, lifespan=lifespan)
     app.state.collector = runtime
+    app.state.access = Access.from_settings(runtime.settings)
     app.include_router(ingest.router)
+    app.include_router(otlp.router)
+    app.include_router(loki.router)
     app.include_router(query.router)
     app.include_router(deploys.router)
     app.include_router(control.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
+    app.add_middleware(AdmissionMiddleware, collector=runtime)
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
+        log.warning("overloaded", error=str(exc))
+        return JSONResponse(
+            {"error": f"the collector is at capacity ({exc}); retry later"},
+            status_code=503,
+            headers={"Retry-After": ADMISSION_RETRY_AFTER},
+        )
 
     @app.exception_handler(PayloadError)
     async def payload_error(_: Request, exc: PayloadError) -> JSONResponse:

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from collector.api import openapi
 from collector.api.deps import CollectorDep, IngestAuth
 from collector.logs import get_logger
 from collector.payload import PayloadError, decompress
@@ -18,7 +19,7 @@ log = get_logger("collector.ingest")
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing to buffer more than `limit` bytes."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadError(413, f"body exceeds {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -28,7 +29,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@router.post("/v1/events", dependencies=[IngestAuth])
+@router.post("/v1/events", dependencies=[IngestAuth], openapi_extra=openapi.events_body())
 async def post_events(
     request: Request,
     collector: CollectorDep,
