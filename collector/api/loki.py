@@ -15,12 +15,10 @@ from fastapi.responses import JSONResponse, Response
 from collector import loki, wire
 from collector.api import openapi
 from collector.api.deps import CollectorDep, IngestAuth
-from collector.api.ingest import read_body
-from collector.logs import get_logger
+from collector.api.ingest import default_service, log_batch, read_body
 from collector.payload import decompress
 
 router = APIRouter(tags=["ingest"])
-log = get_logger("collector.loki")
 
 
 @router.post("/loki/api/v1/push", dependencies=[IngestAuth], openapi_extra=openapi.loki_body())
@@ -41,18 +39,10 @@ async def push(
         # Protobuf is always snappy; some clients say so in Content-Encoding (Loki allows it).
         snappy = (encoding or "").strip().lower() == "snappy"
         body = loki.unsnappy(decompress(raw, None if snappy else encoding, limit), limit)
-    default_service = service or request.headers.get("x-service-name") or None
-    records, result = await collector.ingest(body, content_type, default_service, wire.LOKI)
-    log.info(
-        "batch",
-        format="loki",
-        records=records,
-        accepted=result.accepted,
-        duplicates=result.duplicates,
-        rejected=len(result.rejected),
-        bytes=len(body),
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    records, result = await collector.ingest(
+        body, content_type, default_service(request, service), wire.LOKI
     )
+    log_batch(wire.LOKI, records, result, len(body), started)
     if result.rejected:
         return JSONResponse(result.body(), status_code=400)
     return Response(status_code=204)

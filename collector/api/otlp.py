@@ -15,13 +15,11 @@ from fastapi.responses import Response
 from collector import otlp, wire
 from collector.api import openapi
 from collector.api.deps import CollectorDep, IngestAuth
-from collector.api.ingest import read_body
-from collector.logs import get_logger
+from collector.api.ingest import default_service, log_batch, read_body
 from collector.payload import PayloadError, decompress
 from collector.store import StoreUnavailableError
 
 router = APIRouter(tags=["ingest"])
-log = get_logger("collector.otlp")
 
 
 @router.post("/v1/logs", dependencies=[IngestAuth], openapi_extra=openapi.otlp_body())
@@ -39,8 +37,9 @@ async def post_logs(
     try:
         raw = await read_body(request, limit)
         body = decompress(raw, request.headers.get("content-encoding"), limit)
-        default_service = service or request.headers.get("x-service-name") or None
-        records, result = await collector.ingest(body, content_type, default_service, wire.OTLP)
+        records, result = await collector.ingest(
+            body, content_type, default_service(request, service), wire.OTLP
+        )
     except PayloadError as exc:
         status = otlp.encode_status(exc.status, exc.message, protobuf=protobuf)
         return Response(status, status_code=exc.status, media_type=media)
@@ -54,14 +53,5 @@ async def post_logs(
             media_type=media,
             headers={"Retry-After": answer.headers["retry-after"]},
         )
-    log.info(
-        "batch",
-        format="otlp",
-        records=records,
-        accepted=result.accepted,
-        duplicates=result.duplicates,
-        rejected=len(result.rejected),
-        bytes=len(body),
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+    log_batch(wire.OTLP, records, result, len(body), started)
     return Response(otlp.encode_reply(result.rejected, protobuf=protobuf), media_type=media)
