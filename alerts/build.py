@@ -326,7 +326,7 @@ sum by (service, kind) (increase(precondition_etag_rewrites_total[{rewrites}])) 
             summary="A service computes different ETags for the same state of a resource.",
             description="{{ $labels.service }} {{ $labels.route }}: {{ $value | "
             "humanizePercentage }} of conditional requests over the last 30m failed because "
-            "the resource's ETag went back to an earlier value with no write in between.",
+            "the resource's ETag changed with no write in between (replicas disagree).",
             labels={"cause": "unstable_etag"},
         ),
         _alert(

@@ -38,8 +38,9 @@ CAUSES: dict[str, CauseText] = {
     ),
     "unstable_etag": CauseText(
         "Unstable ETag",
-        "The resource's ETag went back to an earlier value with no write in between: replicas "
-        "(or serialisations) compute different ETags for the same state.",
+        "The resource's ETag changed with no write in between (back and forth, or away from "
+        "the newest write's): replicas (or serialisations) compute different ETags for the "
+        "same state.",
         "Make ETags deterministic: derive them from the stored version, not from inode, bytes "
         "or replica.",
         "#890F02",
