@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from collector.classify import (
     Cause,
@@ -24,33 +24,14 @@ from collector.classify import (
 )
 from collector.deploys import count_key
 from collector.etag import is_high_entropy, parse_precondition
-from collector.event import Event
+from collector.keys import Counted, PendingFailure, decode_counted, decode_event, encode_counted
 from collector.logs import get_logger
 from collector.metrics import Metrics, exemplar
-from collector.store import US, FailureContext, PendingFailure, Store, StoreUnavailableError
+from collector.store import FailureContext, Store, StoreUnavailableError
 
 log = get_logger("collector.settle")
 # Services settled at once: enough to overlap Redis round trips with classification.
 SETTLE_LANES = 4
-
-
-def failure_from_record(pending: PendingFailure, record: dict[str, Any]) -> Event:
-    """The event back from its stored record (the record keeps every field but the keys)."""
-    return Event(
-        ts=float(record["ts"]),
-        service=pending.service,
-        request_id=pending.request_id,
-        resource_id=pending.resource_id,
-        status=int(record["status"]),
-        if_match=record.get("if_match"),
-        if_none_match=record.get("if_none_match"),
-        current_etag=record.get("current_etag"),
-        client_id=record.get("client_id"),
-        deploy_version=record.get("deploy_version"),
-        reason=record.get("reason"),
-        route=record.get("route"),
-        method=record.get("method"),
-    )
 
 
 def context_from_store(
@@ -70,22 +51,6 @@ def context_from_store(
         versions=versions,
         window=window,
     )
-
-
-class Counted(NamedTuple):
-    """What the metrics need of one decided failure; stored beside its decision until a
-    serving process counts it (`encode_counted`, `decode_counted`)."""
-
-    service: str
-    route: str | None
-    method: str | None
-    status: int
-    cause: str
-    request_id: str
-    race_seconds: float | None
-    superseded_seconds: float | None
-    rewrites: tuple[str, ...]
-    client: str | None = None  # only for CLIENT_CAUSES
 
 
 # Causes whose fix is one client's: counted by client too (precondition_client_failures_total).
@@ -108,43 +73,6 @@ def counted_of(pending: PendingFailure, record: dict[str, Any], decision: Decisi
         superseded if isinstance(superseded, int | float) else None,
         tuple(str(kind) for kind in evidence.get("rewrite", ())),
         record.get("client_id") if decision.cause in CLIENT_CAUSES else None,
-    )
-
-
-def encode_counted(counted: Counted) -> str:
-    """A Counted as the store keeps it (the service is the key it is kept under)."""
-    _, route, method, status, cause, request_id, race, superseded, rewrites, client = counted
-    return US.join(
-        (
-            route or "",
-            method or "",
-            str(status),
-            cause,
-            request_id,
-            "" if race is None else repr(race),
-            "" if superseded is None else repr(superseded),
-            ",".join(rewrites),
-            client or "",
-        )
-    )
-
-
-def decode_counted(service: str, entry: bytes) -> Counted:
-    """The Counted that `encode_counted` kept for `service`."""
-    route, method, status, cause, request_id, race, superseded, rewrites, client = (
-        entry.decode().split(US)
-    )
-    return Counted(
-        service,
-        route or None,
-        method or None,
-        int(status),
-        cause,
-        request_id,
-        float(race) if race else None,
-        float(superseded) if superseded else None,
-        tuple(rewrites.split(",")) if rewrites else (),
-        client or None,
     )
 
 
@@ -297,7 +225,12 @@ class Settler:
             else:
                 record = found.record
                 decision = classify_failure(
-                    failure_from_record(found.failure, record),
+                    decode_event(
+                        found.failure.service,
+                        found.failure.resource_id,
+                        found.failure.request_id,
+                        record,
+                    ),
                     context_from_store(
                         found,
                         window=self.window,

@@ -8,8 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collector.event import Event
+from collector.keys import Counted, decode_counted, encode_counted
 from collector.metrics import Metrics
-from collector.settle import Counted, Settler, Tally, decode_counted, encode_counted
+from collector.settle import Settler, Tally
 from collector.store import Store
 from tests.conftest import failures_in, make_store
 

@@ -8,7 +8,8 @@ import binascii
 import pytest
 
 from collector.event import Event
-from collector.store import PendingFailure, Store, resource_prefix, service_prefix
+from collector.keys import PendingFailure, resource_prefix, service_prefix
+from collector.store import Store
 
 pytestmark = pytest.mark.anyio
 
