@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (redis://, rediss://, unix://); unset: embedded fakeredis",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="PW_REDIS_URL names a node of a Redis Cluster; commands go to each key's "
+        "primary, and writes wait for a replica",
+    )
     host: str = Field(default="127.0.0.1", description="Address `serve` listens on")
     port: int = Field(default=8080, ge=1, le=65535, description="Port `serve` listens on")
     concurrency_window_seconds: float = Field(

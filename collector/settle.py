@@ -217,11 +217,15 @@ class Settler:
         decisions: list[tuple[PendingFailure, dict[str, Any]]] = []
         details: list[tuple[dict[str, Any], Decision]] = []
         for found in contexts:
-            if found.record is None or found.already_decided:
-                # Trimmed from a hot resource's timeline before it settled, or re-leased after
-                # another replica decided it: nothing to classify; the store keeps the first.
+            if found.record is None:
+                # Trimmed from a hot resource's timeline before it settled: nothing to classify.
                 decision = Decision(Cause.UNKNOWN, {"evicted": True})
                 record: dict[str, Any] = {"status": 0}
+            elif found.decision is not None:
+                # Re-leased after another settler stored its decision: that one stands, and is
+                # counted here if that settler died before it could be.
+                record = found.record
+                decision = Decision(Cause(found.decision["cause"]), found.decision["evidence"])
             else:
                 record = found.record
                 decision = classify_failure(
@@ -239,11 +243,10 @@ class Settler:
                         versions=versions,
                     ),
                 )
-            stored = decision.as_dict()
-            stored["settled_at"] = round(time.time(), 3)
+            stored = found.decision or {**decision.as_dict(), "settled_at": round(time.time(), 3)}
             decisions.append((found.failure, stored))
             details.append((record, decision))
-        kept = await self.store.record_decisions(
+        ended = await self.store.record_decisions(
             decisions,
             gone=[found.record is None for found in contexts],
             count_as=[count_key(d.cause, d.evidence) for _, d in details],
@@ -254,7 +257,7 @@ class Settler:
         )
         counted = sum(
             1
-            for (record, _), is_first in zip(details, kept, strict=True)
+            for (record, _), is_first in zip(details, ended, strict=True)
             if is_first and record.get("status")
         )
         if self.drains:

@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from collector import scripts
 from collector.classify import CLOCK_SKEW_SECONDS, PriorFailure, Sighting
+from collector.cluster import ClusterTransport
 from collector.etag import parse_precondition
 from collector.event import FAILURE_STATUSES, Event
 from collector.keys import (
@@ -86,7 +86,8 @@ class FailureContext:
     record: dict[str, Any] | None
     lineage: list[Sighting]
     prior_conflicts: list[PriorFailure]
-    already_decided: bool
+    # The decision another settler stored (and may not have counted: it died before that).
+    decision: dict[str, Any] | None
 
 
 class SettleInputs(NamedTuple):
@@ -199,8 +200,18 @@ def _contexts(failures: Sequence[PendingFailure], replies: list[Any]) -> list[Fa
             decode_conflict(member, score)
             for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True)
         ]
-        contexts.append(FailureContext(failure, decode_json(rec), lineage, prior, bool(decided)))
+        decision = decode_json(decided)
+        contexts.append(FailureContext(failure, decode_json(rec), lineage, prior, decision))
     return contexts
+
+
+def _in_order(groups: list[list[int]], replies: Sequence[list[Any]]) -> list[Any]:
+    """Per-group replies (as `slot_groups` grouped the items) back in the items' order."""
+    out: list[Any] = [None] * sum(len(group) for group in groups)
+    for group, reply in zip(groups, replies, strict=True):
+        for index, item in zip(group, reply, strict=True):
+            out[index] = item
+    return out
 
 
 def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
@@ -271,6 +282,15 @@ class Store:
             import fakeredis  # the embedded default; production sets PW_REDIS_URL
 
             return cls(fakeredis.FakeAsyncRedis(), embedded=True, **options)
+        if options.pop("cluster", False):
+            # redis-py's cluster client only serves ping() and the tests' inspection; no
+            # retries of its own: a dead node must fail fast, the callers retry.
+            cluster_client = aioredis.RedisCluster.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=min(2.0, timeout)
+            )
+            seed = dict(aioredis.connection.parse_url(url))
+            cluster = ClusterTransport(seed, timeout=timeout)
+            return cls(cluster_client, transport=cluster, **options)  # type: ignore[arg-type]
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -297,6 +317,7 @@ class Store:
             timeline_max_events=settings.timeline_max_events,
             lineage_max_writes=settings.lineage_max_writes,
             timeout=settings.redis_timeout_seconds,
+            cluster=settings.redis_cluster,
         )
 
     async def close(self) -> None:
@@ -305,9 +326,10 @@ class Store:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except (RedisError, OSError):
+            (reply,) = check(await self.transport.run([("PING",)]))
+        except StoreUnavailableError:
             return False
+        return reply in (True, b"PONG")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -326,6 +348,14 @@ class Store:
     async def _call(self, operation: str, *command: Any) -> Any:
         """One plain command's reply."""
         return (await self._commands(operation, [command]))[0]
+
+    def _per_slot(self, script: str, keys: Sequence[str], *args: Any) -> list[Command]:
+        """Calls of a script that takes any number of keys and the same ARGV: one per slot on
+        a cluster (a script's keys must share one), one for all of them on a single Redis."""
+        return [
+            ("EVALSHA", script, len(group), *[keys[i] for i in group], *args)
+            for group in self.transport.slot_groups(keys)
+        ]
 
     async def _commands(
         self,
@@ -409,7 +439,7 @@ class Store:
             if len(conflicts) > 3:
                 commands.append(tuple(conflicts))
                 written.append(prefix + "f")
-        commands.append(("EVALSHA", "expire", len(written), *written, ttl))
+        commands += self._per_slot("expire", written, ttl)
         replies = await self._commands("ingest", commands, scripts=True)
         recorded = [bool(replies[at]) for at in record_reply]
         fresh = await self._unindexed(events, recorded)
@@ -418,8 +448,8 @@ class Store:
         # Trimming costs a few calls per resource; every 32nd batch keeps the caps close
         # (a resource overshoots by at most its events of 31 batches) at a fraction of that.
         if self._batches % 32 == 1:
-            trim = ("EVALSHA", "trim", len(record_keys), *record_keys, self.timeline_cap)
-            await self._commands("trim", [trim], scripts=True)
+            trim = self._per_slot("trim", record_keys, self.timeline_cap)
+            await self._commands("trim", trim, scripts=True)
         await self._store_service_state(events, fresh, now, formats)
         return IngestResult(fresh)
 
@@ -430,17 +460,20 @@ class Store:
         fresh = list(recorded)
         retried = [i for i, is_new in enumerate(recorded) if not is_new]
         if retried:
+            # A decided failure was indexed too: on a cluster its flag is written after its
+            # service state, so a node lost in between may have taken the flag alone.
             checks = [
                 (
-                    "HEXISTS",
+                    "HMGET",
                     records_key(events[i].service, events[i].resource_id),
                     INDEXED + events[i].request_id,
+                    DECISION + events[i].request_id,
                 )
                 for i in retried
             ]
             flags = await self._commands("ingest", checks)
-            for index, indexed in zip(retried, flags, strict=True):
-                fresh[index] = not indexed
+            for index, (indexed, decided) in zip(retried, flags, strict=True):
+                fresh[index] = indexed is None and decided is None
         return fresh
 
     async def _store_service_state(
@@ -452,7 +485,8 @@ class Store:
     ) -> None:
         """What the batch's events add to their services (pending failures, indexes, versions,
         formats, counts, watermark) and each event's index flag, in one transaction: an event
-        is indexed whole or not at all, so a retry can tell which events to index again."""
+        is indexed whole or not at all, so a retry can tell which events to index again. (On a
+        cluster, one transaction per slot: see below.)"""
         new: dict[str, list[Event]] = {}
         flags: dict[str, list[str]] = {}
         for event, is_fresh in zip(events, fresh, strict=True):
@@ -486,8 +520,14 @@ class Store:
             ("ZREMRANGEBYSCORE", SERVICES_KEY, "-inf", now_ms - self.retention * 1000),
             ("EXPIRE", SERVICES_KEY, self.retention),
         ]
-        commands += [("HSET", e, *fields) for e, fields in flags.items()]
+        indexed = [("HSET", e, *fields) for e, fields in flags.items()]
+        if self.transport.single_node:
+            await self._commands("store_service_state", commands + indexed, atomic=True)
+            return
+        # A cluster runs one transaction per slot: the flags go last, so an event flagged as
+        # indexed always is, and one a lost node left unflagged is indexed again by its retry.
         await self._commands("store_service_state", commands, atomic=True)
+        await self._commands("store_service_state", indexed, atomic=True)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -525,9 +565,9 @@ class Store:
         window before it: one script call for the whole batch."""
         if not failures:
             return []
-        snapshot = self._snapshot(failures, window, conflict_limit)
-        (replies,) = await self._commands("load_contexts", [snapshot], scripts=True)
-        return _contexts(failures, replies)
+        calls, order = self._snapshot(failures, window, conflict_limit)
+        replies = await self._commands("load_contexts", calls, scripts=True)
+        return _contexts(failures, _in_order(order, replies))
 
     async def settle_inputs(
         self, service: str, failures: Sequence[PendingFailure], *, window: float
@@ -539,22 +579,31 @@ class Store:
             ("ZRANGE", sp + "f", 0, -1, "WITHSCORES"),
             ("ZRANGE", sp + "v", 0, -1, "WITHSCORES"),
         ]
-        if failures:
-            commands.append(self._snapshot(failures, window, CONFLICT_LIMIT))
-        formats, versions, *snapshot = await self._commands("load_contexts", commands, scripts=True)
-        contexts = _contexts(failures, snapshot[0]) if failures else []
+        calls, order = self._snapshot(failures, window, CONFLICT_LIMIT)
+        replies = await self._commands("load_contexts", commands + calls, scripts=True)
+        formats, versions, *snapshots = replies
+        contexts = _contexts(failures, _in_order(order, snapshots))
         return SettleInputs(contexts, _formats(formats), _versions(versions))
 
     def _snapshot(
         self, failures: Sequence[PendingFailure], window: float, conflict_limit: int
-    ) -> tuple[Any, ...]:
+    ) -> tuple[list[Command], list[list[int]]]:
+        """The snapshot script's calls (one per slot on a cluster) and which failures each
+        call answers for."""
+        if not failures:
+            return [], []
         keys = [records_key(f.service, f.resource_id) for f in failures]
-        args: list[Any] = [window, self.writes_cap, conflict_limit, SPAN_LIMIT]
-        args.append(CLOCK_SKEW_SECONDS)
-        for failure in failures:
-            args += [failure.request_id, repr(failure.ts), failure.client_id]
-            args.append(_needles(failure.if_match))
-        return ("EVALSHA", "snapshot", len(keys), *keys, *args)
+        groups = self.transport.slot_groups(keys)
+        calls: list[Command] = []
+        for group in groups:
+            args: list[Any] = [window, self.writes_cap, conflict_limit, SPAN_LIMIT]
+            args.append(CLOCK_SKEW_SECONDS)
+            for i in group:
+                failure = failures[i]
+                args += [failure.request_id, repr(failure.ts), failure.client_id]
+                args.append(_needles(failure.if_match))
+            calls.append(("EVALSHA", "snapshot", len(group), *[keys[i] for i in group], *args))
+        return calls, groups
 
     def _index_buckets(self, now: float) -> list[int]:
         """Index buckets that can still hold entries, newest first (a bucket lives `retention`
@@ -604,42 +653,51 @@ class Store:
         count_as: Sequence[str] = (),
         tallies: Sequence[str] = (),
     ) -> list[bool]:
-        """Store each decision unless one exists; True where this call made it (count it).
+        """Store each claimed failure's decision unless one exists, then end its claim; True
+        where this call ended the claim, which is when it is counted.
 
-        Each decision it made for a record still stored is added to the service's per-minute
-        counts (`minute_counts`), in the same round trip, under its `count_as` name (default:
-        its cause), which is what the deploy detector tells apart; and its `tallies` entry
-        (what counting it needs) is kept for `take_counted`, in the same script: a decision
-        is never kept without what counts it, nor counted twice.
-
-        `gone` marks failures whose record was no longer stored: their resource's key may have
-        expired, and the decision must not bring it back without a TTL.
+        A failure is counted by whichever call ends its claim (the first settler to get there:
+        a claim ends once), in the service's per-minute counts (`minute_counts`) under its
+        `count_as` name (default: its cause), which is what the deploy detector tells apart,
+        and with its `tallies` entry (what counting it needs) kept for `take_counted`. The
+        decision is stored first: a settler that dies in between leaves the claim to be taken
+        over, and the next one counts it. A failure whose record was no longer stored (`gone`)
+        is never counted, and its decision must not bring back its expired key without a TTL.
         """
         if not decisions:
             return []
+        ttl = self.retention
+        stores: list[Command] = []
         by_service: dict[str, list[int]] = {}
-        for index, (failure, _) in enumerate(decisions):
+        for index, (failure, decision) in enumerate(decisions):
+            key = records_key(failure.service, failure.resource_id)
+            stores.append(("HSETNX", key, DECISION + failure.request_id, orjson.dumps(decision)))
+            if index < len(gone) and gone[index]:
+                stores.append(("EXPIRE", key, ttl))
             by_service.setdefault(failure.service, []).append(index)
-        calls: list[tuple[Any, ...]] = []
+        counts: list[Command] = []
         for service, indexes in by_service.items():
-            keys = [service_prefix(service) + "i"]
-            args: list[Any] = [self.retention]
+            args: list[Any] = [ttl]
             for index in indexes:
                 failure, decision = decisions[index]
-                keys.append(records_key(service, failure.resource_id))
-                args += [failure.request_id, orjson.dumps(decision), failure.member]
-                args.append("1" if index < len(gone) and gone[index] else "0")
-                counted = count_as[index] if index < len(count_as) else None
-                args += [int(failure.ts // 60), counted or decision.get("cause", "unknown")]
-                args.append(tallies[index] if index < len(tallies) else "")
-            calls.append(("EVALSHA", "decide", len(keys), *keys, *args))
-
-        kept = [False] * len(decisions)
-        replies = await self._commands("record_decisions", calls, scripts=True)
+                counted = index >= len(gone) or not gone[index]
+                name = count_as[index] if index < len(count_as) else None
+                args += [failure.member, int(failure.ts // 60)]
+                args.append((name or decision.get("cause", "unknown")) if counted else "")
+                args.append(tallies[index] if counted and index < len(tallies) else "")
+            counts.append(("EVALSHA", "count", 1, service_prefix(service) + "i", *args))
+        if self.transport.single_node:  # one connection runs them in order
+            replies = (await self._commands("record_decisions", stores + counts, scripts=True))[
+                len(stores) :
+            ]
+        else:  # nodes run in parallel: the decisions must be stored before the claims end
+            await self._commands("record_decisions", stores)
+            replies = await self._commands("record_decisions", counts, scripts=True)
+        ended = [False] * len(decisions)
         for indexes, flags in zip(by_service.values(), replies, strict=True):
             for index, flag in zip(indexes, flags, strict=True):
-                kept[index] = bool(flag)
-        return kept
+                ended[index] = bool(flag)
+        return ended
 
     async def take_counted(
         self, services: Iterable[str], limit: int = 5000

@@ -27,6 +27,14 @@ class StoreUnavailableError(Exception):
 
 
 class Transport(Protocol):
+    # True where every key lives on one server, which runs a round trip's commands in order.
+    single_node: bool
+
+    def slot_groups(self, keys: Sequence[Any]) -> list[list[int]]:
+        """Indexes of `keys` grouped so that each group may be one script call's or one
+        transaction's keys: all of them on one server, one group per slot on a cluster."""
+        ...
+
     async def run(self, commands: Sequence[Command], *, atomic: bool = False) -> list[Any]:
         """One reply per command, error replies as values. With `atomic`, the commands run as
         one MULTI/EXEC transaction: all of them or, if Redis dies first, none (its AOF drops a
@@ -157,12 +165,20 @@ class BulkConnections:
             connection.close()
 
 
+def one_group(keys: Sequence[Any]) -> list[list[int]]:
+    """`slot_groups` on one server: every key in one group."""
+    return [list(range(len(keys)))] if keys else []
+
+
 class BulkTransport:
     """Plain commands by the thousand, bypassing redis-py's pipeline.
 
     redis-py reads a pipeline's replies with one await each, which costs the collector more
     than Redis spends running a small command, and a batch sends a command per event.
     """
+
+    single_node = True
+    slot_groups = staticmethod(one_group)
 
     def __init__(self, options: dict[str, Any], *, size: int = 4, timeout: float = 5.0) -> None:
         self._connections = BulkConnections(options, size, timeout)
@@ -178,6 +194,9 @@ class BulkTransport:
 
 class RedisPyTransport:
     """redis-py's pipeline: TLS connections and the embedded fakeredis."""
+
+    single_node = True
+    slot_groups = staticmethod(one_group)
 
     def __init__(self, client: Any) -> None:
         self.client = client

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fakeredis
 import pytest
@@ -17,6 +18,9 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from collector.store import Store
+
+if TYPE_CHECKING:
+    from tests.redis_cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,6 +149,24 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real three-primary Redis Cluster (each primary with a replica) for this session."""
+    from tests.redis_cluster import running_cluster  # it imports this module's helpers
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """A node of the real cluster, every primary emptied for this test."""
+    redis_cluster.wait_until_healthy()
+    for node in redis_cluster.primaries():
+        node.execute("FLUSHALL")
+    return redis_cluster.url
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -158,13 +180,15 @@ def make_store(kind: str, url: str | None = None, **options: object) -> Store:
     return Store.from_url(url, **params)
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """The store on fakeredis and on the real redis-server."""
+    """The store on fakeredis, on the real redis-server and on the real Redis Cluster."""
     if request.param == "fake":
         s = make_store("fake")
-    else:
+    elif request.param == "real":
         s = make_store("real", request.getfixturevalue("redis_url"))
+    else:
+        s = make_store("real", request.getfixturevalue("redis_cluster_url"), cluster=True)
     yield s
     await s.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 
+import orjson
 import pytest
 
 from collector.event import Event
@@ -87,7 +88,7 @@ async def test_lost_claims_are_released_after_the_lease(store: Store) -> None:
 async def test_decision_is_recorded_once(store: Store) -> None:
     """Only the first decision for a failure sticks; the second caller is told not to count."""
     await store.ingest([ev("a", NOW - 30)], NOW)
-    failure = PendingFailure("shop", "o1", "a", NOW - 30)
+    (failure,) = await store.claim_due("shop", lateness=5, now=NOW, force=True)
     assert await store.record_decisions([(failure, {"cause": "stale_etag"})]) == [True]
     assert await store.record_decisions([(failure, {"cause": "unknown"})]) == [False]
     record, decision = await store.request("shop", "o1", "a")
@@ -96,9 +97,28 @@ async def test_decision_is_recorded_once(store: Store) -> None:
     # Counted once per minute by cause, for the deploy detector; a vanished record is not.
     minute = int((NOW - 30) // 60)
     gone = PendingFailure("shop", "o7", "b", NOW - 30)
-    assert await store.record_decisions([(gone, {"cause": "stale_etag"})], gone=[True]) == [True]
+    await store.record_decisions([(gone, {"cause": "stale_etag"})], gone=[True])
     counts = await store.minute_counts("shop", minute, minute)
     assert counts[minute]["c:stale_etag"] == 1 and "c:unknown" not in counts[minute]
+
+
+async def test_a_decision_stored_by_a_settler_that_died_is_counted_by_the_next(
+    store: Store,
+) -> None:
+    """A settler that stored its decision but died before ending the claim: the claim is taken
+    over, the first decision stands, and the next settler counts it, once."""
+    await store.ingest([ev("a", NOW - 30)], NOW)
+    assert len(await store.claim_due("shop", lateness=5, now=NOW, force=True)) == 1
+    key = resource_prefix("shop", "o1") + "e"
+    await store.client.hsetnx(key, "c:a", orjson.dumps({"cause": "stale_etag", "evidence": {}}))
+    (again,) = await store.claim_due("shop", lateness=5, now=NOW + 3, force=True)
+    (context,) = await store.load_contexts([again], window=300)
+    assert context.decision == {"cause": "stale_etag", "evidence": {}}
+    both = [(again, {"cause": "stale_etag"}), (again, {"cause": "stale_etag"})]
+    assert await store.record_decisions(both) == [True, False]
+    minute = int((NOW - 30) // 60)
+    assert (await store.minute_counts("shop", minute, minute))[minute]["c:stale_etag"] == 1
+    assert [len(v) for v in (await store.take_counted(["shop"])).values()] == []
 
 
 async def test_retry_indexes_a_failure_whose_first_attempt_stopped_halfway(store: Store) -> None:
@@ -302,7 +322,9 @@ async def test_conflicts_set_is_capped_with_the_timeline() -> None:
 async def test_decision_for_a_vanished_resource_gets_a_ttl(store: Store) -> None:
     """Deciding a failure whose resource keys expired must not leave a key without a TTL."""
     failure = PendingFailure("shop", "gone", "f1", NOW - 30)
-    assert await store.record_decisions([(failure, {"cause": "unknown"})], gone=[True]) == [True]
+    await store.record_decisions([(failure, {"cause": "unknown"})], gone=[True])
+    _, decision = await store.request("shop", "gone", "f1")
+    assert decision == {"cause": "unknown"}
     ttl = await store.client.ttl(resource_prefix("shop", "gone") + "e")
     assert 0 < ttl <= store.retention
 

@@ -11,7 +11,7 @@ from importlib import resources
 
 # The scripts that call lib.lua's `split`: it is prepended to them.
 _USE_LIB = frozenset({"snapshot", "lookup"})
-NAMES = ("expire", "trim", "claim", "snapshot", "decide", "lookup")
+NAMES = ("expire", "trim", "claim", "snapshot", "count", "lookup")
 
 
 def _text(name: str) -> str:

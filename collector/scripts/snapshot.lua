@@ -1,7 +1,7 @@
 -- KEYS: the `e` key of each failure's resource. ARGV: window_s, writes_limit, conflict_limit,
 -- span_limit, skew_s, then per failure request_id, ts, client and its If-Match needles: '' (no tag:
 -- nothing to look up), 'a' (every sighting) or 'n' followed by opaque tags (RS before each).
--- Per failure: {record or '', decided (0/1), sightings, conflicts}. Walking the timeline's
+-- Per failure: {record or '', decision or '', sightings, conflicts}. Walking the timeline's
 -- lineage members (w, d, f) newest first from the failure's time, `sightings` keeps the writes
 -- stamped up to `skew_s` after it (another instance's clock may put the write the failure saw
 -- there), those
@@ -101,6 +101,6 @@ for k = 1, #KEYS do
   for _, member in ipairs(order) do
     scored[#scored+1] = member; scored[#scored+1] = redis.call('ZSCORE', z, member)
   end
-  out[k] = {values[1] or '', values[2] and 1 or 0, scored, conflicts}
+  out[k] = {values[1] or '', values[2] or '', scored, conflicts}
 end
 return out
