@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import demo
-from tests.conftest import wait_for
-from tests.faults import Sender, audit, batches_of, flush, start_collector
+from tests.conftest import free_port, wait_for
+from tests.faults import Collector, Sender, audit, batches_of, flush
 from tests.redis_cluster import RedisCluster
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +31,12 @@ HOLD = {"PW_ALLOWED_LATENESS_SECONDS": "100000", "PW_CONCURRENCY_WINDOW_SECONDS"
 def stream(duration: float = 300.0) -> tuple[list[dict[str, object]], dict[tuple[str, str], str]]:
     events = demo.generate(demo.DemoConfig(duration=duration, deploy_at=duration / 2))
     return demo.deliver(events, max_delay=2.5, duplicate_ratio=0.02), demo.truth(events)
+
+
+def start_collector(redis_url: str, env: dict[str, str]) -> Collector:
+    collector = Collector(redis_url, free_port(), env)
+    collector.start()
+    return collector
 
 
 def counts_by_cause(url: str) -> Counter[str]:
@@ -70,7 +76,7 @@ def test_two_collectors_on_a_cluster_decide_and_count_like_one_on_one_redis(
     events, failures = stream()
     batches = batches_of(events, 500)
 
-    single = start_collector(redis_url, **HOLD)
+    single = start_collector(redis_url, HOLD)
     try:
         send_all([single.url], batches)
         flush(single.url)
@@ -80,8 +86,8 @@ def test_two_collectors_on_a_cluster_decide_and_count_like_one_on_one_redis(
         single.stop()
 
     cluster = {"PW_REDIS_CLUSTER": "true", **HOLD}
-    first = start_collector(redis_cluster_url, **cluster)
-    second = start_collector(redis_cluster_url, **cluster)
+    first = start_collector(redis_cluster_url, cluster)
+    second = start_collector(redis_cluster_url, cluster)
     try:
         send_all([first.url, second.url], batches)
         flush(first.url)
@@ -106,7 +112,7 @@ def test_a_primary_killed_mid_stream_loses_nothing_acknowledged(
     events, failures = stream(560.0)
     busiest = Counter(str(e["service"]) for e in events).most_common(1)[0][0]
     collector = start_collector(
-        redis_cluster_url, PW_REDIS_CLUSTER="true", PW_ALLOWED_LATENESS_SECONDS="2"
+        redis_cluster_url, {"PW_REDIS_CLUSTER": "true", "PW_ALLOWED_LATENESS_SECONDS": "2"}
     )
     try:
         sender = Sender(lambda: collector.url, batches_of(events, 200))
