@@ -9,6 +9,7 @@ mid-stream and its replica promoted: nothing that was acknowledged may be lost.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -60,7 +61,9 @@ def causes(url: str, failures: dict[tuple[str, str], str]) -> dict[tuple[str, st
 
 def send_all(urls: list[str], batches: list[bytes]) -> list[Sender]:
     """Batch i goes to collector i % len(urls), each collector fed by its own sender."""
-    senders = [Sender(lambda u=u: u, batches[i :: len(urls)]) for i, u in enumerate(urls)]
+    senders = [
+        Sender(functools.partial(str, u), batches[i :: len(urls)]) for i, u in enumerate(urls)
+    ]
     threads = [threading.Thread(target=s.run, args=(time.monotonic() + 120,)) for s in senders]
     for thread in threads:
         thread.start()
