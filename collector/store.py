@@ -278,19 +278,20 @@ class Store:
     def from_url(cls, url: str | None, **options: Any) -> Store:
         """A store on `url`, or on an in-process fakeredis when `url` is None."""
         timeout = options.pop("timeout", 5.0)
+        cluster = options.pop("cluster", False)
         if url is None:
             import fakeredis  # the embedded default; production sets PW_REDIS_URL
 
             return cls(fakeredis.FakeAsyncRedis(), embedded=True, **options)
-        if options.pop("cluster", False):
+        if cluster:
             # redis-py's cluster client only serves ping() and the tests' inspection; no
             # retries of its own: a dead node must fail fast, the callers retry.
             cluster_client = aioredis.RedisCluster.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=min(2.0, timeout)
             )
             seed = dict(aioredis.connection.parse_url(url))
-            cluster = ClusterTransport(seed, timeout=timeout)
-            return cls(cluster_client, transport=cluster, **options)  # type: ignore[arg-type]
+            routed = ClusterTransport(seed, timeout=timeout)
+            return cls(cluster_client, transport=routed, **options)  # type: ignore[arg-type]
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
