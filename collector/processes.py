@@ -1,27 +1,13 @@
-"""What every collector process sets up at start: settings, logs, its name and GC pace."""
+"""What every collector process sets up at start: its GC pace and, for a child, its name
+(collector.children starts the children)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import gc
-import signal
-
-from collector.logs import configure_logging
-from collector.settings import Settings
 
 _PR_SET_NAME = 15
-
-
-def start_child(settings_json: str, name: str) -> Settings:
-    """What an ingest or settle process does first: its settings, logs, name and GC pace."""
-    # Ctrl-C reaches the whole process group: the serving process stops its children in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level, settings.log_format)
-    name_process(name)
-    tune_gc()
-    return settings
 
 
 def tune_gc() -> None:

@@ -101,16 +101,17 @@ async def test_an_unreadable_body_is_the_same_4xx_from_an_ingest_process(
 
 async def test_a_dead_ingest_process_answers_503_and_is_replaced(pool: IngestPool) -> None:
     processes = list(pool._processes)
-    for process in processes:
-        assert process.process.pid is not None
-        os.kill(process.process.pid, signal.SIGKILL)
+    killed = {process.process.pid for process in processes}
+    for pid in killed:
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
     with pytest.raises(StoreUnavailableError):
         # Sent to a process that is dying or dead: never acknowledged.
         await pool.store(Job(body_of("lost"), None, None, NOW))
     wait_for(lambda: not any(p.alive for p in processes), what="the processes' exit")
     await pool.check()
     assert all(p.alive for p in pool._processes)
-    assert {p.process.pid for p in pool._processes}.isdisjoint({p.process.pid for p in processes})
+    assert {p.process.pid for p in pool._processes}.isdisjoint(killed)
     done = await pool.store(Job(body_of("lost"), None, None, NOW))
     assert done.batch is not None and done.batch.result.accepted == 40
 
