@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEPS := .deps
 export PATH := $(CURDIR)/$(DEPS)/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint typecheck pytest bench deps venv clean packages dashboards screenshots alerts rules-test stack
+.PHONY: run test lint typecheck pytest bench bench-ingest soak deps venv clean packages dashboards screenshots alerts rules-test stack
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -57,8 +57,23 @@ dashboards: venv
 screenshots: venv deps packages
 	PW_SCREENSHOT_DIR=docs/img $(BIN)/pytest -q tests/api/test_ui.py -k chromium
 
-bench: venv deps
+# End to end on a real Redis, classification included, against mtail on the same lines: five
+# runs, a profiled one (py-spy) and one on the embedded fakeredis (tests/bench_e2e.py).
+bench: venv deps | $(DEPS)/bin/mtail
+	$(BIN)/python -m tests.bench_e2e --runs 5 --profile --embedded
+
+# Ingest only: events stored per second (tests/bench_ingest.py).
+bench-ingest: venv deps
 	$(BIN)/python -m tests.bench_ingest
+
+# Ten minutes at half the measured rate with ever new resources; every process's RSS every 10 s.
+soak: venv deps
+	$(BIN)/python -m tests.bench_e2e --soak 600
+
+# A .deps unpacked before mtail was added to .ci/fetch-binaries gets it on the next bench
+# (order-only: the symlink's target keeps the Debian package's old mtime).
+$(DEPS)/bin/mtail:
+	bash .ci/fetch-binaries $(DEPS)
 
 clean:
 	rm -rf $(VENV) $(DEPS) .pytest_cache .mypy_cache .ruff_cache
