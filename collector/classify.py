@@ -38,8 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from collector.etag import (
     EntityTag,
@@ -161,6 +160,28 @@ class _Trace:
         return now - anchor.ts
 
 
+T = TypeVar("T")
+
+
+class _once(Generic[T]):
+    """functools.cached_property without the lock that Python 3.11 takes on every first read
+    (a tenth of settling's time went there): a fact is computed on first use, then kept."""
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+
+    @overload
+    def __get__(self, facts: None, owner: type) -> _once[T]: ...
+    @overload
+    def __get__(self, facts: object, owner: type) -> T: ...
+    def __get__(self, facts: object, owner: type) -> T | _once[T]:
+        if facts is None:
+            return self
+        value = facts.__dict__[self.name] = self.compute(facts)
+        return value
+
+
 @dataclass
 class _Facts:
     """The failure with its headers parsed once, shared by every rule."""
@@ -171,7 +192,7 @@ class _Facts:
     if_none_match: Precondition
     current: EntityTag | None
 
-    @cached_property
+    @_once
     def lineage(self) -> list[Sighting]:
         """The other events of the resource up to the failure, oldest first.
 
@@ -195,7 +216,7 @@ class _Facts:
                 kept.append(replace(s, ts=ts))
         return sorted(kept, key=lambda s: s.ts)
 
-    @cached_property
+    @_once
     def trace(self) -> tuple[EntityTag, _Trace] | None:
         """The If-Match tag that stopped being current most recently, and its trace; computed
         once: the format, race, cross-resource and stale rules all read it."""
@@ -208,7 +229,7 @@ class _Facts:
                 best = (tag, found)
         return best
 
-    @cached_property
+    @_once
     def first_seen(self) -> dict[str, float]:
         return dict(self.context.versions)
 

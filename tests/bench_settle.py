@@ -29,7 +29,9 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def run(events: int, seed: int, url: str, client: redis.Redis) -> None:
+async def run(
+    events: int, seed: int, url: str, client: redis.Redis, profile: bool = False
+) -> None:
     stream = make_stream(events, seed)
     store = Store.from_url(url, retention_seconds=86400)
     metrics = Metrics(CollectorRegistry())
@@ -42,7 +44,16 @@ async def run(events: int, seed: int, url: str, client: redis.Redis) -> None:
     client.config_resetstat()
     settler = Settler(store, metrics, window=300, lateness=5)
     cpu, wall, rcpu = time.process_time(), time.perf_counter(), redis_cpu(client)
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     settled = await settler.settle_all(force=True)
+    if profile:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     rcpu = redis_cpu(client) - rcpu
@@ -67,12 +78,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=90_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="cProfile the settling")
     args = parser.parse_args()
     server = RedisServer()
     server.start()
     try:
         client = redis.Redis(port=server.port)
-        asyncio.run(run(args.events, args.seed, server.url, client))
+        asyncio.run(run(args.events, args.seed, server.url, client, args.profile))
     finally:
         server.stop()
 
