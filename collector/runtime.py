@@ -15,7 +15,7 @@ from collector.metrics import Metrics
 from collector.pseudonym import resource_ids
 from collector.settings import Settings
 from collector.settle import Settler
-from collector.store import Store, StoreUnavailableError
+from collector.store import STUCK_CLAIM_SECONDS, Store, StoreUnavailableError
 from collector.tracker import DeployTracker
 from collector.wire import EVENTS, decode_body
 from collector.worker import SettleWorker
@@ -189,7 +189,14 @@ class Collector:
         deploys and refresh the gauges: when it returns, verdicts and gauges are final. The
         number of failures this call settled."""
         settled = await self.settler.settle_all(force=True)
-        await self.settler.drain(await self.store.services())  # what a worker decided, too
+        services = await self.store.services()
+        # A settle worker's claims made just before are not this call's to take (they are
+        # milliseconds from decided): wait for them, taking over any that got stuck meanwhile.
+        deadline = time.monotonic() + 4 * STUCK_CLAIM_SECONDS
+        while (await self.store.backlog(services)).pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            settled += await self.settler.settle_all(force=True)
+        await self.settler.drain(services)  # what a worker decided, too
         await self.review(settled=True)
         return settled
 

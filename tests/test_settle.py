@@ -276,3 +276,32 @@ async def test_what_a_settler_that_does_not_count_decided_is_counted_once_by_a_d
     assert await server.drain(["shop"]) == 1
     assert await server.drain(["shop"]) == 0
     assert failures_counted(server, "concurrent_write") == 1
+
+
+async def test_flush_waits_for_a_workers_claims_in_flight() -> None:
+    """A settle worker claimed failures a moment before the flush and decides them while it
+    runs: the flush takes them over only once stuck, so it must wait for them, and count them,
+    before it answers (a bench saw 30,415 of 30,515 counted when the flush returned)."""
+    import time
+
+    from collector.runtime import Collector
+    from collector.settings import Settings
+
+    runtime = Collector(Settings(), store=make_store("fake"))
+    now = time.time()
+    events = [conflict(f"f{i}", now - 60 + i) for i in range(5)]
+    await runtime.store.ingest(events, now)
+    worker = Settler(runtime.store, Metrics(CollectorRegistry()), window=300, lateness=5)
+    worker.drains = False  # as in the settle process: the serving process counts
+    claimed = await runtime.store.claim_due("shop", lateness=5, now=now + 60)
+    assert len(claimed) == 5
+
+    async def worker_decides() -> None:
+        await asyncio.sleep(0.3)  # the worker is classifying while the flush starts
+        await worker._settle("shop", claimed, None)
+
+    deciding = asyncio.create_task(worker_decides())
+    await runtime.flush()
+    await deciding
+    assert failures_in(runtime.registry) == 5
+    await runtime.store.close()
