@@ -1,14 +1,13 @@
-"""Ingesting a batch: records to events, events to the store, counts to metrics."""
+"""Ingesting a batch: records to events, events to the store, and what it did (to count)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from collector.etag import fingerprint, parse_etag
 from collector.event import Defaults, Event, EventError, check_request_service, parse_event
-from collector.metrics import Metrics
 from collector.payload import PayloadError, Record
 from collector.pseudonym import PlainIds, ResourceIds
 from collector.store import Store, StoreUnavailableError
@@ -104,41 +103,23 @@ class StoredBatch:
 
 
 class Ingestor:
-    """Stores batches and counts them; calls `on_stored` with the services that got events.
+    """Parses and stores batches; what a stored batch adds to the metrics is counting.py's.
 
-    `store_batch` (parse and store, no metrics) and `count` are apart so that an ingest process can
-    store a batch and the serving process, which owns the metrics, count it.
+    Apart from the counting so that an ingest process can store a batch and the serving
+    process, which owns the metrics, count it.
     """
 
     def __init__(
         self,
         store: Store,
-        metrics: Metrics,
         *,
         max_clock_skew: float,
-        on_stored: Callable[[set[str]], None] | None = None,
         resource_ids: ResourceIds | None = None,
     ) -> None:
         self.store = store
-        self.metrics = metrics
         self.max_clock_skew = max_clock_skew
         self.resource_ids = resource_ids or PlainIds()
-        self.on_stored = on_stored
         self.formats = FormatTracker()
-
-    async def ingest(
-        self,
-        records: Sequence[Record],
-        *,
-        default_service: str | None,
-        received_at: float | None = None,
-    ) -> BatchResult:
-        """Store every valid record; raises StoreUnavailableError with nothing acknowledged."""
-        started = time.perf_counter()
-        batch = await self.store_batch(
-            records, default_service=default_service, received_at=received_at
-        )
-        return self.count(batch, time.perf_counter() - started)
 
     async def store_batch(
         self,
@@ -186,24 +167,3 @@ class Ingestor:
             else:
                 result.duplicates += 1
         return StoredBatch(result, counts)
-
-    def count(self, batch: StoredBatch, seconds: float) -> BatchResult:
-        """Count a batch in the metrics (one label lookup per distinct label set) and return its
-        answer; raises StoreUnavailableError if it was not stored (its rejected lines count)."""
-        result = batch.result
-        if batch.unavailable is not None:
-            self.metrics.events.labels("rejected").inc(len(result.rejected))
-            raise StoreUnavailableError(batch.unavailable)
-        labels = self.metrics.labels
-        for (service, route, method, status), n in batch.requests.items():
-            label = labels.service(service)
-            self.metrics.requests.labels(
-                label, labels.route(label, route), labels.method(method), str(status)
-            ).inc(n)
-        self.metrics.events.labels("rejected").inc(len(result.rejected))
-        self.metrics.events.labels("accepted").inc(result.accepted)
-        self.metrics.events.labels("duplicate").inc(result.duplicates)
-        self.metrics.ingest_seconds.observe(seconds)
-        if result.services and self.on_stored is not None:
-            self.on_stored(result.services)
-        return result

@@ -19,12 +19,9 @@ import contextlib
 import itertools
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
-
 from collector.children import Channel, Child, ChildNotStartedError
 from collector.ingest import Ingestor, StoredBatch
 from collector.logs import get_logger
-from collector.metrics import Metrics
 from collector.payload import PayloadError
 from collector.pseudonym import resource_ids
 from collector.settings import Settings
@@ -67,10 +64,9 @@ async def _serve(settings: Settings, channel: Channel) -> None:
     # each timing reaches the serving process exactly once.
     timings: list[tuple[str, float, bool]] = []
     store.observer = lambda operation, seconds, failed: timings.append((operation, seconds, failed))
-    # Its own registry: nothing scrapes it; the serving process counts what comes back.
+    # No metrics here: the serving process counts what comes back.
     ingestor = Ingestor(
         store,
-        Metrics(CollectorRegistry()),
         max_clock_skew=settings.max_clock_skew_seconds,
         resource_ids=resource_ids(settings),
     )

@@ -8,6 +8,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from collector.admission import Admission
+from collector.counting import Counts
 from collector.ingest import BatchResult, Ingestor
 from collector.ingest_pool import IngestPool, Job
 from collector.logs import get_logger
@@ -44,22 +45,21 @@ class Collector:
             max_routes_per_service=settings.max_routes_per_service,
             max_clients_per_service=settings.max_clients_per_service,
         )
-        self.store.observer = self._observe_redis
+        self.counts = Counts(self.metrics)
+        self.store.observer = self.counts.redis
         self.settler = Settler(
             self.store,
-            self.metrics,
             window=settings.concurrency_window_seconds,
             lateness=settings.allowed_lateness_seconds,
         )
+        self.settler.after_decide = self._count_decided
         self.deploys = DeployTracker(
             self.store, self.metrics, lateness=settings.allowed_lateness_seconds
         )
         self.settler.after_sweep = self.review
         self.ingestor = Ingestor(
             self.store,
-            self.metrics,
             max_clock_skew=settings.max_clock_skew_seconds,
-            on_stored=self._stored,
             resource_ids=resource_ids(settings),
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,13 +103,16 @@ class Collector:
                 job = Job(body, content_type, default_service, received_at, wire)
                 done = await self.pool.store(job)
                 for operation, seconds, failed in done.redis_timings:
-                    self._observe_redis(operation, seconds, failed)
+                    self.counts.redis(operation, seconds, failed)
                 assert done.batch is not None
                 count, batch = done.records, done.batch
         finally:
             self._in_flight(-1)
             self.admission.give_back(len(body))
-        return count, self.ingestor.count(batch, time.perf_counter() - started)
+        result = self.counts.batch(batch, time.perf_counter() - started)
+        if result.services and self.worker is None:
+            self.settler.wake(result.services)  # their watermarks may have moved
+        return count, result
 
     def _in_flight(self, change: int) -> None:
         """Count batches being stored and tell the settle worker whether ingest is saturated."""
@@ -117,16 +120,10 @@ class Collector:
         if self.worker is not None:
             self.worker.ingest_busy(self.in_flight > self.ingest_lanes)
 
-    def _stored(self, services: set[str]) -> None:
-        """After every stored batch: the services' watermarks may have moved."""
-        if self.worker is None:
-            self.settler.wake(services)
-
-    def _observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
-        self.metrics.redis_seconds.labels(operation).observe(seconds)
-        if failed:
-            self.metrics.redis_errors.labels(operation).inc()
-        self.metrics.redis_up.set(0 if failed else 1)
+    async def _count_decided(self, service: str) -> None:
+        """What this process's settler just decided, counted now (a flush's counts are final
+        when it returns)."""
+        await self.counts.drain(self.store, [service])
 
     async def start(self) -> None:
         if self.store.embedded:
@@ -136,7 +133,7 @@ class Collector:
                 "and is lost on exit; set PW_REDIS_URL for production",
             )
         up = await self.store.ping()
-        self.metrics.redis_up.set(1 if up else 0)
+        self.counts.redis_up(up)
         log.info("collector_started", redis_up=up, embedded=self.store.embedded)
         self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
         interval = self.settings.settle_interval_seconds
@@ -164,7 +161,7 @@ class Collector:
         while True:
             await asyncio.sleep(COUNT_INTERVAL_SECONDS)
             try:
-                await self.settler.drain(await self.store.services())
+                await self.counts.drain(self.store, await self.store.services())
                 if time.monotonic() - last_review >= interval:
                     last_review = time.monotonic()
                     self.worker.check()
@@ -177,12 +174,11 @@ class Collector:
         gauges (after each settling sweep, and at the end of a flush)."""
         await self.deploys.judge_all(settled=settled)
         backlog = await self.store.backlog(await self.store.services())
-        self.metrics.pending.set(backlog.pending)
-        self.metrics.oldest_pending.set(backlog.lag_seconds)
+        self.counts.backlog(backlog)
         if self.pool is not None:
-            self.metrics.processes.labels("ingest").set(self.pool.alive())
+            self.counts.processes("ingest", self.pool.alive())
         if self.worker is not None:
-            self.metrics.processes.labels("settle").set(int(self.worker.alive()))
+            self.counts.processes("settle", int(self.worker.alive()))
 
     async def flush(self) -> int:
         """Settle every pending failure now, whatever the watermarks say, then judge the
@@ -196,7 +192,7 @@ class Collector:
         while (await self.store.backlog(services)).pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
             settled += await self.settler.settle_all(force=True)
-        await self.settler.drain(services)  # what a worker decided, too
+        await self.counts.drain(self.store, services)  # what a worker decided, too
         await self.review(settled=True)
         return settled
 
@@ -217,4 +213,4 @@ class Collector:
         while True:
             await asyncio.sleep(interval)
             up = await self.store.ping()
-            self.metrics.redis_up.set(1 if up else 0)
+            self.counts.redis_up(up)

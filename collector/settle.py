@@ -1,10 +1,10 @@
-"""Settling: once a service's watermark passes a failure, classify it, store the decision, count it.
+"""Settling: once a service's watermark passes a failure, classify it and store the decision.
 
 Any replica may settle any failure; the store hands each one to a single claimer and keeps the
-first decision. The script that keeps it also keeps what counting it needs (`Counted`), and a
-serving process takes that from the store and counts it (`Settler.drain`): so a decided failure
-is counted exactly once, in one replica's metrics, even when the process that decided it dies
-right after (a settle worker has no metrics of its own to lose).
+first decision. The script that ends the claim also keeps what counting it needs (`Counted`),
+and a serving process takes that from the store and counts it (counting.py): so a decided
+failure is counted exactly once, in one replica's metrics, even when the process that decided
+it dies right after. A Settler holds no metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from collector.classify import (
@@ -22,11 +21,11 @@ from collector.classify import (
     Decision,
     classify_failure,
 )
+from collector.counting import counted_of
 from collector.deploys import count_key
 from collector.etag import is_high_entropy, parse_precondition
-from collector.keys import Counted, PendingFailure, decode_counted, decode_event, encode_counted
+from collector.keys import PendingFailure, decode_event, encode_counted
 from collector.logs import get_logger
-from collector.metrics import Metrics, exemplar
 from collector.store import FailureContext, Store, StoreUnavailableError
 
 log = get_logger("collector.settle")
@@ -53,78 +52,12 @@ def context_from_store(
     )
 
 
-# Causes whose fix is one client's: counted by client too (precondition_client_failures_total).
-CLIENT_CAUSES = frozenset({"blind_retry", "missing_precondition", "cross_resource"})
-
-
-def counted_of(pending: PendingFailure, record: dict[str, Any], decision: Decision) -> Counted:
-    """What counting a decided failure needs of it."""
-    evidence = decision.evidence
-    race = evidence.get("race_seconds") if decision.cause is Cause.CONCURRENT_WRITE else None
-    superseded = evidence.get("superseded_seconds_ago")
-    return Counted(
-        pending.service,
-        record.get("route"),
-        record.get("method"),
-        int(record.get("status") or 0),
-        str(decision.cause),
-        pending.request_id,
-        race if isinstance(race, int | float) else None,
-        superseded if isinstance(superseded, int | float) else None,
-        tuple(str(kind) for kind in evidence.get("rewrite", ())),
-        record.get("client_id") if decision.cause in CLIENT_CAUSES else None,
-    )
-
-
-GroupKey = tuple[str, str | None, str | None, int, str, tuple[str, ...], str | None]
-
-
-@dataclass(slots=True)
-class Group:
-    """Decided failures that share their labels: how many, the newest one's request id (the
-    exemplar), and their histogram values."""
-
-    count: int
-    request_id: str
-    race_seconds: list[float]
-    superseded_seconds: list[float]
-
-
-class Tally:
-    """Decided failures summed by label set: what a settle worker sends the serving process,
-    one message per interval however many failures it decided."""
-
-    def __init__(self) -> None:
-        self.groups: dict[GroupKey, Group] = {}
-
-    def add(self, counted: Counted) -> None:
-        key = _key_of(counted)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = Group(0, counted.request_id, [], [])
-        group.count += 1
-        group.request_id = counted.request_id
-        if counted.race_seconds is not None:
-            group.race_seconds.append(counted.race_seconds)
-        if counted.superseded_seconds is not None:
-            group.superseded_seconds.append(counted.superseded_seconds)
-
-    def take(self) -> dict[GroupKey, Group]:
-        groups, self.groups = self.groups, {}
-        return groups
-
-
-def _key_of(c: Counted) -> GroupKey:
-    return (c.service, c.route, c.method, c.status, c.cause, c.rewrites, c.client)
-
-
 class Settler:
     """Claims due failures, classifies them and records the decisions exactly once."""
 
     def __init__(
         self,
         store: Store,
-        metrics: Metrics,
         *,
         window: float,
         lateness: float,
@@ -132,7 +65,6 @@ class Settler:
         lanes: int = SETTLE_LANES,
     ) -> None:
         self.store = store
-        self.metrics = metrics
         self.window = window
         self.lateness = lateness
         self.batch_size = batch_size
@@ -142,13 +74,11 @@ class Settler:
         self.after_sweep: Callable[[], Awaitable[None]] | None = None
         self._woken: set[str] = set()
         self._lock = asyncio.Lock()
-        self._series: dict[tuple[object, ...], Any] = {}
-        # False in a settle worker: what it decides is counted by the serving process, which
-        # drains the store.
-        self.drains = True
+        # Awaited with a service after its failures were decided: a serving process that
+        # settles counts them at once (counting.py). None in a settle worker.
+        self.after_decide: Callable[[str], Awaitable[object]] | None = None
         # Set in a settle worker: awaited before each claim (it gives way to a busy ingest).
         self.before_claim: Callable[[], Awaitable[object]] | None = None
-        self._exemplar_at: dict[int, float] = {}
 
     def wake(self, services: Iterable[str]) -> None:
         """New events arrived for these services: their watermarks may have moved."""
@@ -260,63 +190,9 @@ class Settler:
             for (record, _), is_first in zip(details, ended, strict=True)
             if is_first and record.get("status")
         )
-        if self.drains:
-            await self.drain([service])
+        if self.after_decide is not None:
+            await self.after_decide(service)
         return counted
-
-    async def drain(self, services: Iterable[str]) -> int:
-        """Count in the metrics the decided failures the store holds for counting (this
-        process's, a settle worker's, or another replica's: whoever drains counts them, once)."""
-        tally, drained = Tally(), 0
-        for service, entries in (await self.store.take_counted(services)).items():
-            drained += len(entries)
-            for entry in entries:
-                tally.add(decode_counted(service, entry))
-        for key, group in tally.take().items():
-            self.apply_group(key, group)
-        return drained
-
-    def apply_group(self, key: GroupKey, group: Group) -> None:
-        """Count decided failures that share their labels (here, or for a settle worker)."""
-        service_name, route_name, method, status, cause, rewrites, client = key
-        m = self.metrics
-        service = m.labels.service(service_name)
-        route = m.labels.route(service, route_name)
-        labels = (service, route, m.labels.method(method), str(status))
-        series = self._series_of(m.failures, *labels, cause)
-        series.inc(group.count, exemplar=self._exemplar(series, group.request_id))
-        if group.race_seconds:
-            race = self._series_of(m.race_seconds, service)
-            for seconds in group.race_seconds:
-                race.observe(seconds, exemplar=self._exemplar(race, group.request_id))
-        if group.superseded_seconds:
-            staleness = self._series_of(m.staleness_seconds, service)
-            for seconds in group.superseded_seconds:
-                staleness.observe(seconds)
-        for kind in rewrites:
-            m.rewrites.labels(service, kind).inc(group.count)
-        if client:
-            m.client_failures.labels(service, m.labels.client(service, client), cause).inc(
-                group.count
-            )
-
-    def _exemplar(self, series: object, request_id: str) -> dict[str, str] | None:
-        """A `request_id` exemplar at most once a second per series: a scrape keeps only the
-        latest anyway, and validating one costs more than the increment it rides on."""
-        now = time.monotonic()
-        if now - self._exemplar_at.get(id(series), -1.0) < 1.0:
-            return None
-        self._exemplar_at[id(series)] = now
-        return exemplar(request_id)
-
-    def _series_of(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, cached: labels() validates and locks on every call, and
-        the capped label sets keep the cache small."""
-        key = (id(metric), *labels)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = metric.labels(*labels)
-        return series
 
     async def run(self, interval: float) -> None:
         """Settle woken services as events arrive, and every service each `interval`."""
@@ -337,8 +213,7 @@ class Settler:
                     await self.settle_all()
                     if self.after_sweep is not None:
                         await self.after_sweep()
-            except StoreUnavailableError as exc:
-                self.metrics.redis_up.set(0)
+            except StoreUnavailableError as exc:  # the store's observer marks Redis down
                 log.warning("settle_failed", error=str(exc))
                 await asyncio.sleep(interval)
             except Exception:  # a bug must not stop settling for good

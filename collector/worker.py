@@ -18,10 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.sharedctypes import Synchronized
 
-from prometheus_client import CollectorRegistry
-
 from collector.children import Child
-from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.settle import Settler
 from collector.store import Store
@@ -72,16 +69,14 @@ def claim_gate(
 async def _settle(settings: Settings, busy: Synchronized[int] | None = None) -> None:
     """The worker process's main: settle until the serving process goes away."""
     store = Store.from_settings(settings)
-    # Its own registry: nothing scrapes it; what counts goes to the parent.
+    # No metrics here: what it decides is counted by a serving process, from the store.
     settler = Settler(
         store,
-        Metrics(CollectorRegistry()),
         window=settings.concurrency_window_seconds,
         lateness=settings.allowed_lateness_seconds,
         batch_size=CLAIM_BATCH,
         lanes=LANES,
     )
-    settler.drains = False
     settler.before_claim = claim_gate(busy, settings.settle_yield_seconds)
     try:
         await settler.run(settings.settle_interval_seconds)

@@ -13,10 +13,8 @@ import asyncio
 import time
 
 import redis
-from prometheus_client import CollectorRegistry
 
 from collector.ingest import Ingestor
-from collector.metrics import Metrics
 from collector.payload import split_records
 from collector.settle import Settler
 from collector.store import Store
@@ -29,20 +27,17 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def run(
-    events: int, seed: int, url: str, client: redis.Redis, profile: bool = False
-) -> None:
+async def run(events: int, seed: int, url: str, client: redis.Redis, profile: bool = False) -> None:
     stream = make_stream(events, seed)
     store = Store.from_url(url, retention_seconds=86400)
-    metrics = Metrics(CollectorRegistry())
-    ingestor = Ingestor(store, metrics, max_clock_skew=1e9)
+    ingestor = Ingestor(store, max_clock_skew=1e9)
     now = time.time()
     for start in range(0, len(stream.lines), 500):
         body = b"\n".join(stream.lines[start : start + 500])
         records = split_records(body, "application/x-ndjson")
         await ingestor.store_batch(records, default_service=None, received_at=now)
     client.config_resetstat()
-    settler = Settler(store, metrics, window=300, lateness=5)
+    settler = Settler(store, window=300, lateness=5)
     cpu, wall, rcpu = time.process_time(), time.perf_counter(), redis_cpu(client)
     if profile:
         import cProfile

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from collector.store import Store
 
 if TYPE_CHECKING:
+    from collector.ingest import BatchResult
+    from collector.payload import Record
     from tests.redis_cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +207,38 @@ def failures_in(registry: CollectorRegistry) -> float:
 
 
 os.environ.setdefault("PW_LOG_LEVEL", "warning")
+
+
+class Node:
+    """One collector's parts in this process, wired as the runtime wires them: an ingestor and
+    a settler on a store, counting what they did into their own registry."""
+
+    def __init__(
+        self, store: Store, *, window: float = 300, lateness: float = 5, batch_size: int = 500
+    ) -> None:
+        from collector.counting import Counts
+        from collector.ingest import Ingestor
+        from collector.metrics import Metrics
+        from collector.settle import Settler
+
+        self.store = store
+        self.counts = Counts(Metrics(CollectorRegistry()))
+        self.metrics = self.counts.metrics
+        self.registry = self.counts.registry
+        self.ingestor = Ingestor(store, max_clock_skew=300)
+        self.settler = Settler(store, window=window, lateness=lateness, batch_size=batch_size)
+        self.settler.after_decide = self.count_decided
+
+    async def count_decided(self, service: str) -> None:
+        await self.counts.drain(self.store, [service])
+
+    async def ingest(
+        self, records: Sequence[Record], *, received_at: float, default_service: str | None = None
+    ) -> BatchResult:
+        stored = await self.ingestor.store_batch(
+            records, default_service=default_service, received_at=received_at
+        )
+        return self.counts.batch(stored, 0.0)
+
+    def failures_counted(self) -> float:
+        return failures_in(self.registry)

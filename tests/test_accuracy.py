@@ -11,32 +11,15 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from collector import demo
-from collector.ingest import Ingestor
-from collector.metrics import Metrics
 from collector.payload import Record
-from collector.settle import Settler
 from collector.store import Store
-from tests.conftest import failures_in, make_store
+from tests.conftest import Node, make_store
 
 pytestmark = pytest.mark.anyio
 
 TARGET = 0.95
-
-
-class Node:
-    """One collector: an ingestor and a settler on a store, with its own registry."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.metrics = Metrics(CollectorRegistry())
-        self.ingestor = Ingestor(store, self.metrics, max_clock_skew=300)
-        self.settler = Settler(store, self.metrics, window=300, lateness=5)
-
-    def failures_counted(self) -> float:
-        return failures_in(self.metrics.registry)
 
 
 async def replay_live(
@@ -52,7 +35,7 @@ async def replay_live(
         arrival = max(arrival, max(float(str(e["ts"])) for e in lines) + 2.5)
         node = nodes[n % len(nodes)]
         records = [Record(i, orjson.loads(orjson.dumps(e))) for i, e in enumerate(lines)]
-        result = await node.ingestor.ingest(records, default_service=None, received_at=arrival)
+        result = await node.ingest(records, received_at=arrival)
         assert not result.rejected
         for service in result.services:
             await node.settler.settle_service(service, now=arrival)
@@ -120,7 +103,7 @@ async def test_every_cause_meets_precision_and_recall_on_demo_traffic() -> None:
             1 for e in events if e.get("demo_cause") == cause and e.get("client_id") == client
         )
         labels = {"service": "inventory", "client": client, "cause": cause}
-        value = node.metrics.registry.get_sample_value("precondition_client_failures_total", labels)
+        value = node.registry.get_sample_value("precondition_client_failures_total", labels)
         assert expected > 0 and value == expected, (cause, client, value, expected)
     for cause, (precision, recall, support) in table.items():
         assert support >= 20, cause

@@ -16,8 +16,8 @@ import pytest
 
 from collector.tracker import DeployTracker
 from tests import scenarios
-from tests.conftest import make_store
-from tests.test_accuracy import Node, print_table, replay_live
+from tests.conftest import Node, make_store
+from tests.test_accuracy import print_table, replay_live
 
 pytestmark = pytest.mark.anyio
 

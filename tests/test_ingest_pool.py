@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 
 from collector.ingest import Ingestor
 from collector.ingest_pool import IngestPool, Job
-from collector.metrics import Metrics
 from collector.payload import PayloadError, split_records
 from collector.runtime import Collector
 from collector.settings import Settings
@@ -58,7 +57,7 @@ async def test_a_batch_stored_by_an_ingest_process_answers_as_in_process(
     pool: IngestPool, redis_url: str
 ) -> None:
     store = make_store("real", redis_url)
-    ingestor = Ingestor(store, Metrics(CollectorRegistry()), max_clock_skew=300)
+    ingestor = Ingestor(store, max_clock_skew=300)
     try:
         local = await ingestor.store_batch(
             split_records(body_of("local"), "application/x-ndjson"),

@@ -7,12 +7,13 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.counting import Counts, Tally
 from collector.event import Event
 from collector.keys import Counted, decode_counted, encode_counted
 from collector.metrics import Metrics
-from collector.settle import Settler, Tally
+from collector.settle import Settler
 from collector.store import Store
-from tests.conftest import failures_in, make_store
+from tests.conftest import Node, failures_in, make_store
 
 pytestmark = pytest.mark.anyio
 
@@ -32,27 +33,23 @@ def conflict(rid: str, ts: float, im: str = MD5_A, ce: str = MD5_B) -> Event:
                  route="/o/{id}")  # fmt: skip
 
 
-def settler_for(store: Store, registry: CollectorRegistry | None = None) -> Settler:
-    metrics = Metrics(registry or CollectorRegistry())
-    return Settler(store, metrics, window=300, lateness=5)
-
-
-def failures_counted(settler: Settler, cause: str) -> float:
+def failures_counted(node: Node, cause: str) -> float:
     labels = {"service": "shop", "route": "/o/{id}", "method": "PUT", "status": "412"}
-    value = settler.metrics.registry.get_sample_value(
+    value = node.registry.get_sample_value(
         "precondition_failures_total", {**labels, "cause": cause}
     )
     return value or 0.0
 
 
-def total_failures(settler: Settler) -> float:
-    """Every failure counted by this settler, whatever its labels."""
-    return failures_in(settler.metrics.registry)
+def total_failures(node: Node) -> float:
+    """Every failure counted by this node, whatever its labels."""
+    return failures_in(node.registry)
 
 
 async def test_competing_write_arriving_4s_late_still_counts(store: Store) -> None:
     """The 412 arrives first, the write that beat it 4 s later: still a race, with its winner."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
     await store.ingest([write("w9", T + 3, '"0000"', resource="other")], T + 3)
     assert await settler.settle_service("shop", now=T + 3) == 0  # watermark T-2 < T
@@ -63,12 +60,13 @@ async def test_competing_write_arriving_4s_late_still_counts(store: Store) -> No
     assert decision is not None
     assert decision["cause"] == "concurrent_write"
     assert decision["evidence"]["winner"]["request_id"] == "w1"
-    assert failures_counted(settler, "concurrent_write") == 1
+    assert failures_counted(node, "concurrent_write") == 1
 
 
 async def test_quiet_service_settles_after_lateness_of_wall_time(store: Store) -> None:
     """With no newer events, a failure is settled once the service has been idle long enough."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
     assert await settler.settle_all(now=T + 1) == 0
     assert await settler.settle_all(now=T + 5.1) == 1
@@ -76,7 +74,8 @@ async def test_quiet_service_settles_after_lateness_of_wall_time(store: Store) -
 
 async def test_flush_settles_everything_now(store: Store) -> None:
     """force=True (POST /v1/flush) ignores the watermark."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     await store.ingest([write("w0", T - 60, MD5_A), conflict("f1", T)], T)
     assert await settler.settle_all(force=True, now=T) == 1
     assert await settler.settle_all(force=True, now=T) == 0
@@ -85,28 +84,29 @@ async def test_flush_settles_everything_now(store: Store) -> None:
 async def test_two_settlers_count_each_failure_once(redis_url: str) -> None:
     """Two collectors settling one real Redis concurrently count every failure exactly once."""
     stores = [make_store("real", redis_url), make_store("real", redis_url)]
-    settlers = [settler_for(s) for s in stores]
+    nodes = [Node(s) for s in stores]
     events = [write("w0", T - 600, MD5_A)]
     events += [conflict(f"f{i}", T - 300 + i) for i in range(200)]
     await stores[0].ingest(events[:100], T)
     await stores[1].ingest(events[100:], T)
-    counts = await asyncio.gather(*(s.settle_all(force=True, now=T) for s in settlers))
+    counts = await asyncio.gather(*(n.settler.settle_all(force=True, now=T) for n in nodes))
     assert sum(counts) == 200
-    assert sum(total_failures(s) for s in settlers) == 200
+    assert sum(total_failures(n) for n in nodes) == 200
     for s in stores:
         await s.close()
 
 
 async def test_redelivered_failure_is_not_counted_again(store: Store) -> None:
     """A shipper resending a settled failure changes nothing: duplicate, no second count."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     batch = [write("w0", T - 60, MD5_A), conflict("f1", T)]
     await store.ingest(batch, T)
     await settler.settle_all(force=True, now=T)
     result = await store.ingest(batch, T + 10)
     assert result.stored == [False, False]
     assert await settler.settle_all(force=True, now=T + 10) == 0
-    assert total_failures(settler) == 1
+    assert total_failures(node) == 1
 
 
 async def test_replay_gives_the_same_causes_as_live(store: Store) -> None:
@@ -116,10 +116,10 @@ async def test_replay_gives_the_same_causes_as_live(store: Store) -> None:
     live = make_store("fake")
     for event in events:
         await live.ingest([event], event.ts)
-        await settler_for(live).settle_service("shop", now=event.ts)
+        await Node(live).settler.settle_service("shop", now=event.ts)
     replay = make_store("fake")
     await replay.ingest(events, T + 86400 * 3)
-    await settler_for(replay).settle_all(force=True, now=T + 86400 * 3)
+    await Node(replay).settler.settle_all(force=True, now=T + 86400 * 3)
     _, a = await live.request("shop", "ord-1", "f1")
     _, b = await replay.request("shop", "ord-1", "f1")
     assert a is not None and b is not None
@@ -153,7 +153,7 @@ async def test_a_failing_service_does_not_leave_other_lanes_running() -> None:
             finished.append(service)
             return []
 
-    settler = Settler(FlakyStore(), Metrics(CollectorRegistry()), window=300, lateness=5)  # type: ignore[arg-type]
+    settler = Settler(FlakyStore(), window=300, lateness=5)  # type: ignore[arg-type]
     with pytest.raises(StoreUnavailableError):
         await settler.settle_all()
     assert sorted(finished) == ["slow-1", "slow-2"]
@@ -169,21 +169,20 @@ def test_a_tally_counts_what_each_failure_would() -> None:
         Counted("cart", "/c", "PATCH", 409, "stale_read", "r5", None, 4.0, ()),
     ]
     one_by_one, summed = CollectorRegistry(), CollectorRegistry()
-    store = make_store("fake")
-    each = Settler(store, Metrics(one_by_one), window=5, lateness=0)
+    each = Counts(Metrics(one_by_one))
     for counted in decided:
         alone = Tally()
         alone.add(counted)
         for key, group in alone.take().items():
-            each.apply_group(key, group)
+            each.decided(key, group)
     tally = Tally()
     for counted in decided:
         tally.add(counted)
     groups = tally.take()
     assert len(groups) == 4 and tally.groups == {}
-    together = Settler(store, Metrics(summed), window=5, lateness=0)
+    together = Counts(Metrics(summed))
     for key, group in groups.items():
-        together.apply_group(key, group)
+        together.decided(key, group)
 
     def samples(registry: CollectorRegistry) -> dict[tuple[object, ...], float]:
         return {
@@ -199,7 +198,7 @@ def test_a_tally_counts_what_each_failure_would() -> None:
 
 async def test_a_worker_hook_runs_before_each_claim_but_not_for_a_flush(store: Store) -> None:
     """The settle worker gives way to ingest before each claim; a flush never waits."""
-    settler = Settler(store, Metrics(CollectorRegistry()), window=300, lateness=5, batch_size=2)
+    settler = Settler(store, window=300, lateness=5, batch_size=2)
     hooked = 0
 
     async def before_claim() -> None:
@@ -219,7 +218,8 @@ async def test_a_worker_hook_runs_before_each_claim_but_not_for_a_flush(store: S
 async def test_race_on_a_resource_first_seen_mid_life_names_its_winner(store: Store) -> None:
     """First event a write `"v1-ab"` -> `"v2-cd"`, then a 412 holding `"v1-ab"`: it lost a race
     to that write, even though `"v1-ab"` was never anyone's logged ETag."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     winner = Event(ts=T, service="shop", status=200, request_id="w1", resource_id="ord-1",
                    if_match='"v1-ab"', current_etag='"v2-cd"', client_id="web/u9",
                    method="PUT", route="/o/{id}")  # fmt: skip
@@ -235,7 +235,8 @@ async def test_race_on_a_resource_first_seen_mid_life_names_its_winner(store: St
 async def test_failures_current_etag_is_lineage_evidence(store: Store) -> None:
     """A 412 shows `"1"` current; a write then replaces it: a later 412 holding `"1"` lost a
     race to that write (no logged write ever made `"1"` current)."""
-    settler = settler_for(store)
+    node = Node(store)
+    settler = node.settler
     await store.ingest(
         [
             conflict("f0", T, im='"0"', ce='"1"'),
@@ -265,16 +266,15 @@ async def test_what_a_settler_that_does_not_count_decided_is_counted_once_by_a_d
 ) -> None:
     """A settle worker decides but does not count; whoever drains the store counts each
     decided failure once, however often it drains."""
-    worker = settler_for(store)
-    worker.drains = False
+    worker = Settler(store, window=300, lateness=5)  # as in a settle process: no counting
     await store.ingest(
         [write("w0", T - 60, MD5_A), write("w1", T - 2, MD5_B), conflict("f1", T)], T
     )
     assert await worker.settle_all(force=True, now=T) == 1
-    assert total_failures(worker) == 0
-    server = settler_for(store)
-    assert await server.drain(["shop"]) == 1
-    assert await server.drain(["shop"]) == 0
+    server = Node(store)
+    assert total_failures(server) == 0
+    assert await server.counts.drain(store, ["shop"]) == 1
+    assert await server.counts.drain(store, ["shop"]) == 0
     assert failures_counted(server, "concurrent_write") == 1
 
 
@@ -291,8 +291,7 @@ async def test_flush_waits_for_a_workers_claims_in_flight() -> None:
     now = time.time()
     events = [conflict(f"f{i}", now - 60 + i) for i in range(5)]
     await runtime.store.ingest(events, now)
-    worker = Settler(runtime.store, Metrics(CollectorRegistry()), window=300, lateness=5)
-    worker.drains = False  # as in the settle process: the serving process counts
+    worker = Settler(runtime.store, window=300, lateness=5)  # a settle process's: no counting
     claimed = await runtime.store.claim_due("shop", lateness=5, now=now + 60)
     assert len(claimed) == 5
 

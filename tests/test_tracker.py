@@ -8,8 +8,8 @@ import pytest
 
 from collector import demo
 from collector.tracker import DeployTracker
-from tests.conftest import make_store
-from tests.test_accuracy import Node, replay_live
+from tests.conftest import Node, make_store
+from tests.test_accuracy import replay_live
 
 pytestmark = pytest.mark.anyio
 

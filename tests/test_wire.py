@@ -16,17 +16,14 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from collector import demo, loki
 from collector.event import Defaults, Event
-from collector.ingest import Ingestor, parse_records
-from collector.metrics import Metrics
+from collector.ingest import parse_records
 from collector.payload import decompress
-from collector.settle import Settler
 from collector.wire import EVENTS, LOKI, OTLP, decode_body
 from tests import shippers
-from tests.conftest import ROOT, free_port, make_store, wait_for
+from tests.conftest import ROOT, Node, free_port, make_store, wait_for
 
 pytestmark = pytest.mark.anyio
 WIRE_OF_PATH = {"/v1/events": EVENTS, "/v1/logs": OTLP, "/loki/api/v1/push": LOKI}
@@ -46,16 +43,15 @@ def body_of(request: shippers.Request) -> tuple[str, bytes, str]:
 async def replay(fmt: str, delivered: list[demo.Event]) -> tuple[dict[str, str], Counter[str]]:
     """Every failure's cause by request id, and the failures counted per cause."""
     store = make_store("fake", retention_seconds=86400)
-    metrics = Metrics(CollectorRegistry())
-    ingestor = Ingestor(store, metrics, max_clock_skew=300)
-    settler = Settler(store, metrics, window=300, lateness=5)
+    node = Node(store)
+    settler = node.settler
     arrival = 0.0
     for start in range(0, len(delivered), 200):
         batch = delivered[start : start + 200]
         arrival = max(arrival, max(float(str(e["ts"])) for e in batch) + 2.5)
         wire, body, content_type = body_of(shippers.FORMATS[fmt](batch, arrival))
         records = decode_body(wire, body, content_type)
-        result = await ingestor.ingest(records, default_service=None, received_at=arrival)
+        result = await node.ingest(records, received_at=arrival)
         assert not result.rejected, (fmt, result.rejected[:3])
         for service in result.services:
             await settler.settle_service(service, now=arrival)
@@ -67,7 +63,7 @@ async def replay(fmt: str, delivered: list[demo.Event]) -> tuple[dict[str, str],
             _, decision = await store.request(service, str(event["resource_id"]), rid)
             causes[f"{service}/{rid}"] = decision["cause"] if decision else "none"
     counted: Counter[str] = Counter()
-    for metric in metrics.registry.collect():
+    for metric in node.registry.collect():
         for sample in metric.samples:
             if sample.name == "precondition_failures_total":
                 counted[sample.labels["cause"]] += int(sample.value)

@@ -66,7 +66,7 @@ def create_app(settings: Settings, collector: Collector | None = None) -> FastAP
 
     @app.exception_handler(StoreUnavailableError)
     async def store_unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
-        runtime.metrics.redis_up.set(0)
+        runtime.counts.redis_up(False)
         log.warning("redis_unavailable", error=str(exc))
         return JSONResponse(
             {"error": "Redis is unavailable; nothing was stored, retry later"},

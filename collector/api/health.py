@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(collector: CollectorDep) -> JSONResponse:
     """Ready when Redis answers."""
     up = await collector.store.ping()
-    collector.metrics.redis_up.set(1 if up else 0)
+    collector.counts.redis_up(up)
     if up:
         return JSONResponse({"status": "ready", "redis": "up"})
     return JSONResponse(
