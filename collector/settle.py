@@ -190,6 +190,7 @@ class Settler:
             for (record, _), is_first in zip(details, ended, strict=True)
             if is_first and record.get("status")
         )
+        log.debug("settled", service=service, claimed=len(claimed), counted=counted)
         if self.after_decide is not None:
             await self.after_decide(service)
         return counted
