@@ -242,6 +242,7 @@ _HEX = re.compile(r"[0-9a-f]+|[0-9A-F]+")
 _LETTERS_N = re.compile(r"([A-Za-z]{1,3})[0-9]+")
 _ALNUM = re.compile(r"[A-Za-z0-9]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_LOWER_HEX = "0123456789abcdef"
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+=*")
 _SEPARATORS = re.compile(r"([-_.:/])")
 _UPPER = re.compile(r"[A-Z]")
@@ -292,6 +293,17 @@ def _segment_shape(segment: str, alone: bool) -> str:
 def _shape(opaque: str) -> str:
     if not opaque:
         return "empty"
+    if not opaque.strip(_LOWER_HEX) and not opaque.isdigit():
+        # Lowercase hex with a letter, the commonest ETag (a digest): what the general path
+        # below concludes, without its regular expressions (settling asks for every tag).
+        n = len(opaque)
+        if n < 16:
+            return "x"
+        return f"hex{n}" if n in _HASH_LENGTHS else f"hex{_bucket(n)}"
+    return _any_shape(opaque)
+
+
+def _any_shape(opaque: str) -> str:
     if _UUID.fullmatch(opaque):
         return "uuid"
     if _looks_base64(opaque):

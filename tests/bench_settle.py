@@ -9,12 +9,14 @@ end to end, minus HTTP and ingest: the loop to profile when settling is the bott
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import time
 
 import redis
 
 from collector.ingest import Ingestor
+from collector.logs import configure_logging
 from collector.payload import split_records
 from collector.settle import Settler
 from collector.store import Store
@@ -48,7 +50,7 @@ async def run(events: int, seed: int, url: str, client: redis.Redis, profile: bo
     settled = await settler.settle_all(force=True)
     if profile:
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).sort_stats(os.environ.get("PW_PROFILE_SORT", "tottime")).print_stats(40)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     rcpu = redis_cpu(client) - rcpu
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile the settling")
     args = parser.parse_args()
+    configure_logging("warning", "console")
     server = RedisServer()
     server.start()
     try:

@@ -453,3 +453,16 @@ def test_single_tag_shortcut_matches_the_list_grammar(value: str) -> None:
     from collector.etag import _parse_header, _parse_values
 
     assert _parse_header(value) == _parse_values([value])
+
+
+def test_the_lowercase_hex_shortcut_gives_the_general_shape() -> None:
+    """`_shape` skips its regular expressions for lowercase hex; the answer is the same."""
+    import random
+
+    from collector.etag import _any_shape, _shape
+
+    rng = random.Random(5)
+    for n in [*range(1, 70), 128, 256, 300, 1500]:
+        for alphabet in ("0123456789abcdef", "abcdef", "0123456789"):
+            opaque = "".join(rng.choice(alphabet) for _ in range(n))
+            assert _shape(opaque) == _any_shape(opaque), opaque
