@@ -135,6 +135,12 @@ class Collector:
         up = await self.store.ping()
         self.counts.redis_up(up)
         log.info("collector_started", redis_up=up, embedded=self.store.embedded)
+        if up and not self.settings.redis_cluster and await self.store.is_cluster_node():
+            log.error(
+                "redis_is_a_cluster",
+                detail="PW_REDIS_URL names a Redis Cluster node: set PW_REDIS_CLUSTER=true, "
+                "or most batches will answer 503",
+            )
         self._tasks.append(asyncio.create_task(self._watch_redis(), name="watch-redis"))
         interval = self.settings.settle_interval_seconds
         if self.pool is not None:

@@ -332,6 +332,15 @@ class Store:
             return False
         return reply in (True, b"PONG")
 
+    async def is_cluster_node(self) -> bool:
+        """Whether Redis runs in cluster mode (`INFO cluster`); False where it cannot say."""
+        try:
+            (info,) = check(await self.transport.run([("INFO", "cluster")]))
+        except StoreUnavailableError:
+            return False
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_enabled:1" in text or "'cluster_enabled': 1" in text
+
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager

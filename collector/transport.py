@@ -50,10 +50,19 @@ class Transport(Protocol):
 ERRORS = (hiredis.ReplyError, RedisError)
 
 
+# What a Redis Cluster node answers a client that treats it as a standalone server.
+_CLUSTER_ERRORS = ("MOVED ", "ASK ", "CROSSSLOT ", "CLUSTERDOWN ")
+
+
 def check(replies: list[Any]) -> list[Any]:
     """The replies, unless one is an error."""
     for reply in replies:
         if isinstance(reply, ERRORS):
+            if str(reply).startswith(_CLUSTER_ERRORS):
+                raise StoreUnavailableError(
+                    f"Redis answered {str(reply).split()[0]}: PW_REDIS_URL names a node of a "
+                    "Redis Cluster; set PW_REDIS_CLUSTER=true"
+                )
             raise StoreUnavailableError(f"Redis answered: {reply}")
     return replies
 

@@ -50,7 +50,9 @@ async def run(events: int, seed: int, url: str, client: redis.Redis, profile: bo
     settled = await settler.settle_all(force=True)
     if profile:
         profiler.disable()
-        pstats.Stats(profiler).sort_stats(os.environ.get("PW_PROFILE_SORT", "tottime")).print_stats(40)
+        pstats.Stats(profiler).sort_stats(os.environ.get("PW_PROFILE_SORT", "tottime")).print_stats(
+            40
+        )
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     rcpu = redis_cpu(client) - rcpu

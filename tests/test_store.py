@@ -387,3 +387,24 @@ async def test_a_flush_takes_over_claims_that_are_stuck(store: Store) -> None:
     assert await store.claim_due("shop", lateness=5, now=NOW + 1, force=True) == []
     stuck = await store.claim_due("shop", lateness=5, now=NOW + 3, force=True)
     assert [f.request_id for f in stuck] == ["a"]
+
+
+async def test_a_cluster_node_used_as_one_redis_says_to_set_pw_redis_cluster(
+    redis_cluster_url: str,
+) -> None:
+    """Without PW_REDIS_CLUSTER a cluster node answers MOVED for most keys: the error names the
+    setting instead of leaving on-call to decode the reply."""
+    from collector.store import StoreUnavailableError
+    from tests.conftest import make_store
+
+    store = make_store("real", redis_cluster_url)
+    events = [ev(f"r{i}", NOW - 5, 412, resource=f"o{i}", if_match='"0"') for i in range(20)]
+    assert await store.is_cluster_node()
+    with pytest.raises(StoreUnavailableError, match="set PW_REDIS_CLUSTER=true"):
+        await store.ingest(events, NOW)
+    await store.close()
+
+
+async def test_a_store_knows_whether_its_redis_is_a_cluster(store: Store) -> None:
+    """fakeredis and one redis-server are not; the cluster's nodes are."""
+    assert await store.is_cluster_node() is not store.transport.single_node
