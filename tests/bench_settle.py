@@ -9,8 +9,8 @@ end to end, minus HTTP and ingest: the loop to profile when settling is the bott
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import time
 
 import redis
