@@ -7,11 +7,10 @@ each record (the dedupe), ZADD NX of the timeline and conflict members, then one
 that gives every key its TTL back. Each is idempotent, so a retried batch changes nothing that
 is already there and repairs what its first attempt did not reach. A second round trip then
 writes what the newly stored events add to their service: pending failures, indexes, counts.
-The per-service scripts take one service's keys; the TTL, trim and settling scripts take the
-resources of a whole batch in one call, which a standalone Redis (or one primary) accepts; on
-Redis Cluster they would have to be called once per slot, which this store does not do yet.
-Every key has a TTL of at most `retention_seconds`, refreshed when written; the sets inside are
-capped.
+The per-service scripts take one service's keys; the TTL, trim and snapshot scripts take the
+resources of a whole batch, in one call on a single Redis and in one call per slot on a Redis
+Cluster (the transport's `slot_groups`), where transactions are per slot too. Every key has a
+TTL of at most `retention_seconds`, refreshed when written; the sets inside are capped.
 """
 
 from __future__ import annotations
@@ -338,8 +337,9 @@ class Store:
             (info,) = check(await self.transport.run([("INFO", "cluster")]))
         except StoreUnavailableError:
             return False
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_enabled:1" in text or "'cluster_enabled': 1" in text
+        if isinstance(info, dict):  # redis-py parses INFO (fakeredis); hiredis leaves it raw
+            return bool(info.get("cluster_enabled"))
+        return b"cluster_enabled:1" in info
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -205,15 +205,20 @@ def batches_of(events: list[dict[str, object]], size: int) -> list[bytes]:
     ]
 
 
+def counts_by_cause(url: str) -> Counter[str]:
+    """precondition_failures_total on one collector's /metrics, summed by cause."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "precondition_failures_total":
+                out[sample.labels["cause"]] += int(sample.value)
+    return out
+
+
 def failures_counted(url: str) -> float:
     """The sum of precondition_failures_total on one collector's /metrics."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "precondition_failures_total"
-    )
+    return sum(counts_by_cause(url).values())
 
 
 def flush(url: str, timeout: float = 120.0) -> int:
@@ -247,7 +252,7 @@ def audit(url: str, failures: dict[tuple[str, str], str]) -> Counter[str]:
 
 def durable_counts(redis_url: str) -> tuple[int, int]:
     """What the store says was decided and counted: failures in the per-minute counts (each
-    decision is added once, by the script that keeps it), and entries still waiting to be
+    decision is added once, by the script that ends its claim), and entries still waiting to be
     counted by a serving process."""
     client = redis.Redis.from_url(redis_url)
     decided = waiting = 0

@@ -16,11 +16,10 @@ from collections import Counter
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from collector import demo
 from tests.conftest import free_port, wait_for
-from tests.faults import Collector, Sender, audit, batches_of, flush
+from tests.faults import Collector, Sender, audit, batches_of, counts_by_cause, flush
 from tests.redis_cluster import RedisCluster
 
 pytestmark = pytest.mark.e2e
@@ -38,16 +37,6 @@ def start_collector(redis_url: str, env: dict[str, str]) -> Collector:
     collector = Collector(redis_url, free_port(), env)
     collector.start()
     return collector
-
-
-def counts_by_cause(url: str) -> Counter[str]:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    out: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "precondition_failures_total":
-                out[sample.labels["cause"]] += int(sample.value)
-    return out
 
 
 def causes(url: str, failures: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
