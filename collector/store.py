@@ -7,10 +7,11 @@ each record (the dedupe), ZADD NX of the timeline and conflict members, then one
 that gives every key its TTL back. Each is idempotent, so a retried batch changes nothing that
 is already there and repairs what its first attempt did not reach. A second round trip then
 writes what the newly stored events add to their service: pending failures, indexes, counts.
-The per-service scripts take one service's keys; the TTL, trim and snapshot scripts take the
-resources of a whole batch, in one call on a single Redis and in one call per slot on a Redis
-Cluster (the transport's `slot_groups`), where transactions are per slot too. Every key has a
-TTL of at most `retention_seconds`, refreshed when written; the sets inside are capped.
+The per-service scripts take one service's keys; the TTL and trim scripts take the resources of
+a whole batch, in one call on a single Redis and in one call per slot on a Redis Cluster (the
+transport's `slot_groups`), where transactions are per slot too. Settling reads with plain
+commands and walks the timelines here (collector/snapshot.py). Every key has a TTL of at most
+`retention_seconds`, refreshed when written; the sets inside are capped.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import redis.asyncio as aioredis
 from collector import scripts
 from collector.classify import CLOCK_SKEW_SECONDS, PriorFailure, Sighting
 from collector.cluster import ClusterTransport
-from collector.etag import parse_precondition
 from collector.event import FAILURE_STATUSES, Event
 from collector.keys import (
     DECISION,
@@ -36,6 +36,7 @@ from collector.keys import (
     INDEXED,
     RS,
     SERVICES_KEY,
+    US,
     PendingFailure,
     decode_conflict,
     decode_format,
@@ -52,6 +53,7 @@ from collector.keys import (
     service_prefix,
 )
 from collector.settings import Settings
+from collector.snapshot import Walk
 from collector.transport import (
     BulkTransport,
     Command,
@@ -67,11 +69,11 @@ __all__ = ["PendingFailure", "Store", "StoreUnavailableError"]
 
 # Lua's unpack() is bounded by the C stack; the Python side cuts argument lists to this.
 MAX_EVENTS_PER_KEY = 1000
-# The 412/409s a failure's snapshot returns at most: enough to see a blind retry loop.
+# The 412/409s read per failure at most: enough to see a blind retry loop.
 CONFLICT_LIMIT = 200
 # A claim this old is stuck (settling one takes milliseconds): a flush takes it over.
 STUCK_CLAIM_SECONDS = 2.0
-# Sightings since the newest write a snapshot returns at most: enough to see replicas flip.
+# Sightings since the newest write kept per failure at most: enough to see replicas flip.
 SPAN_LIMIT = 32
 _SCRIPTS = scripts.load()
 _SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
@@ -184,26 +186,6 @@ def _service_commands(
     return commands
 
 
-def _contexts(failures: Sequence[PendingFailure], replies: list[Any]) -> list[FailureContext]:
-    """The snapshot script's answer, one FailureContext per failure."""
-    contexts = []
-    for failure, (rec, decided, sightings_raw, prior_raw) in zip(failures, replies, strict=True):
-        lineage = sorted(
-            (
-                decode_sighting(member, score)
-                for member, score in zip(sightings_raw[::2], sightings_raw[1::2], strict=True)
-            ),
-            key=lambda sighting: sighting.ts,
-        )
-        prior = [
-            decode_conflict(member, score)
-            for member, score in zip(prior_raw[::2], prior_raw[1::2], strict=True)
-        ]
-        decision = decode_json(decided)
-        contexts.append(FailureContext(failure, decode_json(rec), lineage, prior, decision))
-    return contexts
-
-
 def _in_order(groups: list[list[int]], replies: Sequence[list[Any]]) -> list[Any]:
     """Per-group replies (as `slot_groups` grouped the items) back in the items' order."""
     out: list[Any] = [None] * sum(len(group) for group in groups)
@@ -213,6 +195,10 @@ def _in_order(groups: list[list[int]], replies: Sequence[list[Any]]) -> list[Any
     return out
 
 
+def _by_time(sighting: Sighting) -> float:
+    return sighting.ts
+
+
 def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
     """ZRANGE WITHSCORES or HGETALL as (member, value) pairs: flat from hiredis, already
     paired or a dict from redis-py."""
@@ -220,7 +206,8 @@ def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
         return list(reply.items())
     if reply and isinstance(reply[0], list | tuple):
         return [(member, score) for member, score in reply]
-    return list(zip(reply[::2], reply[1::2], strict=True))
+    pairs = iter(reply)
+    return list(zip(pairs, pairs, strict=False))  # member, score, member, score, ...
 
 
 def _versions(reply: list[Any]) -> list[tuple[str, float]]:
@@ -235,16 +222,6 @@ def _formats(reply: list[Any]) -> dict[str, dict[str, float]]:
         version, fingerprint = decode_format(member)
         out.setdefault(version, {})[fingerprint] = float(ts)
     return out
-
-
-def _needles(if_match: str) -> str:
-    """What the snapshot script looks for in the lineage: the opaque part of each tag."""
-    tags = parse_precondition(if_match).tags if if_match else ()
-    if not tags:
-        return ""
-    if any(not tag.opaque for tag in tags):
-        return "a"  # an empty opaque is in every ETag
-    return "n" + "".join(RS + tag.opaque for tag in tags)
 
 
 class Store:
@@ -572,48 +549,107 @@ class Store:
         conflict_limit: int = CONFLICT_LIMIT,
     ) -> list[FailureContext]:
         """Each failure's record, the lineage its If-Match needs, and the 412/409s in the
-        window before it: one script call for the whole batch."""
-        if not failures:
-            return []
-        calls, order = self._snapshot(failures, window, conflict_limit)
-        replies = await self._commands("load_contexts", calls, scripts=True)
-        return _contexts(failures, _in_order(order, replies))
+        window before it (collector/snapshot.py)."""
+        contexts, _ = await self._read_contexts(failures, window, conflict_limit)
+        return contexts
 
     async def settle_inputs(
         self, service: str, failures: Sequence[PendingFailure], *, window: float
     ) -> SettleInputs:
         """`load_contexts` of a claimed batch with its service's `formats` and `versions`, in
-        one round trip."""
+        the same round trips."""
         sp = service_prefix(service)
-        commands = [
+        deploys: list[Command] = [
             ("ZRANGE", sp + "f", 0, -1, "WITHSCORES"),
             ("ZRANGE", sp + "v", 0, -1, "WITHSCORES"),
         ]
-        calls, order = self._snapshot(failures, window, CONFLICT_LIMIT)
-        replies = await self._commands("load_contexts", commands + calls, scripts=True)
-        formats, versions, *snapshots = replies
-        contexts = _contexts(failures, _in_order(order, snapshots))
+        contexts, (formats, versions) = await self._read_contexts(
+            failures, window, CONFLICT_LIMIT, deploys
+        )
         return SettleInputs(contexts, _formats(formats), _versions(versions))
 
-    def _snapshot(
-        self, failures: Sequence[PendingFailure], window: float, conflict_limit: int
-    ) -> tuple[list[Command], list[list[int]]]:
-        """The snapshot script's calls (one per slot on a cluster) and which failures each
-        call answers for."""
-        if not failures:
+    async def _read_contexts(
+        self,
+        failures: Sequence[PendingFailure],
+        window: float,
+        conflict_limit: int,
+        extra: Sequence[Command] = (),
+    ) -> tuple[list[FailureContext], list[Any]]:
+        """The failures' contexts and the replies of `extra`, sent in the first round trip.
+
+        The first round trip reads every record, conflicts and a short first stretch of each
+        timeline; a walk that needs more reads on, only those, until each is done."""
+        if not failures and not extra:
             return [], []
-        keys = [records_key(f.service, f.resource_id) for f in failures]
-        groups = self.transport.slot_groups(keys)
-        calls: list[Command] = []
-        for group in groups:
-            args: list[Any] = [window, self.writes_cap, conflict_limit, SPAN_LIMIT]
-            args.append(CLOCK_SKEW_SECONDS)
-            for i in group:
-                failure = failures[i]
-                args += [failure.request_id, repr(failure.ts), failure.client_id]
-                args.append(_needles(failure.if_match))
-            calls.append(("EVALSHA", "snapshot", len(group), *[keys[i] for i in group], *args))
-        return calls, groups
+        skew = CLOCK_SKEW_SECONDS
+        commands: list[Command] = list(extra)
+        conflicts: list[Command] = []
+        walks: list[Walk] = []
+        timelines: list[str] = []
+        conflicts_of: list[int] = []  # the failures whose conflicts are read
+        for i, f in enumerate(failures):
+            prefix = resource_prefix(f.service, f.resource_id)
+            timelines.append(prefix + "z")
+            commands.append(("HMGET", prefix + "e", f.request_id, DECISION + f.request_id))
+            walk = Walk(f.ts, f.if_match, writes_limit=self.writes_cap, span_limit=SPAN_LIMIT)
+            walks.append(walk)
+            if f.client_id and walk.mode:  # what a blind retry can be
+                conflicts_of.append(i)
+                ts = repr(f.ts)
+                conflicts.append(
+                    (
+                        "ZREVRANGEBYSCORE",
+                        prefix + "f",
+                        ts,
+                        repr(f.ts - window),
+                        "WITHSCORES",
+                        "LIMIT",
+                        0,
+                        conflict_limit,
+                    )
+                )
+        commands += conflicts
+        walking = [i for i, walk in enumerate(walks) if not walk.done]
+        reads: list[int] = []
+        for i in walking:
+            read, size = walks[i].more(timelines[i], repr(failures[i].ts + skew))
+            commands.append(read)
+            reads.append(size)
+        replies = await self._commands("load_contexts", commands)
+        extra_replies = replies[: len(extra)]
+        records = replies[len(extra) : len(extra) + len(failures)]
+        conflict_replies = replies[len(extra) + len(failures) : len(commands) - len(walking)]
+        timeline_replies = replies[len(commands) - len(walking) :]
+        while walking:
+            again: list[int] = []
+            commands, reads_again = [], []
+            for i, reply, size in zip(walking, timeline_replies, reads, strict=True):
+                walk = walks[i]
+                walk.feed(_pairs(reply), size)
+                if not walk.done:
+                    read, more = walk.more(timelines[i], "")
+                    again.append(i)
+                    commands.append(read)
+                    reads_again.append(more)
+            walking, reads = again, reads_again
+            if walking:
+                timeline_replies = await self._commands("load_contexts", commands)
+        priors: dict[int, list[PriorFailure]] = {}
+        for i, reply in zip(conflicts_of, conflict_replies, strict=True):
+            mine = f"{US}{failures[i].client_id}{US}".encode()
+            priors[i] = [decode_conflict(m, score) for m, score in _pairs(reply) if mine in m]
+        contexts = []
+        for i, (failure, walk, (record, decided)) in enumerate(
+            zip(failures, walks, records, strict=True)
+        ):
+            lineage = [decode_sighting(m, score) for m, score in walk.kept.items()]
+            lineage.sort(key=_by_time)
+            contexts.append(
+                FailureContext(
+                    failure, decode_json(record), lineage, priors.get(i, []), decode_json(decided)
+                )
+            )
+        return contexts, extra_replies
 
     def _index_buckets(self, now: float) -> list[int]:
         """Index buckets that can still hold entries, newest first (a bucket lives `retention`

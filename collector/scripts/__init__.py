@@ -10,8 +10,8 @@ from __future__ import annotations
 from importlib import resources
 
 # The scripts that call lib.lua's `split`: it is prepended to them.
-_USE_LIB = frozenset({"snapshot", "lookup"})
-NAMES = ("expire", "trim", "claim", "snapshot", "count", "lookup")
+_USE_LIB = frozenset({"lookup"})
+NAMES = ("expire", "trim", "claim", "count", "lookup")
 
 
 def _text(name: str) -> str:

@@ -1,0 +1,167 @@
+"""What settling reads of a resource's timeline around one failure, and the walk that picks it.
+
+The reads are plain commands sent with the rest of a settle batch: the record and decision
+(`HMGET`), the client's 412/409s in the window before the failure, and the timeline newest
+first from a little after the failure, with scores. A Lua script used to walk the timeline
+inside Redis; on Redis 7.0 every `redis.call` cost several times the command it made, and that
+script was half of Redis's time in `make bench`. Reading and walking here costs Redis only the
+commands themselves.
+
+`Walk` is pure: fed the members read, it keeps what the classifier needs of the lineage and
+says whether it must read further (a first read is short, as most If-Match tags are among the
+newest sightings). Of the timeline's lineage members (`w`, `d`, `f`), newest first from the
+failure's time, it keeps:
+
+- the writes stamped up to `skew` after the failure (another instance's clock may put the write
+  the failure saw there);
+- the ones containing a needle (the opaque part of an If-Match tag), each with the sighting
+  just after it (what came next);
+- the newest `span_limit` back to the newest write (the replicas' span).
+
+It stops once each needle was found whole, as an ETag (`"x"` or `W/"x"`) or in a write's
+If-Match, and the span is read, or after `writes_limit` writes: older sightings cannot be the
+newest of that tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from collector.etag import parse_precondition
+
+US = b"\x1f"
+_WRITE, _FAILURE, _OTHER = b"w"[0], b"f"[0], b"o"[0]  # a member's first byte: its kind
+# Members read first for a failure, then per further read of a long walk.
+FIRST_READ = 10
+MORE_READ = 256
+
+
+def needles(if_match: str) -> tuple[str, list[bytes]]:
+    """How a failure's If-Match is looked for: ('', []) nothing to walk (no tag), ('a', [])
+    every sighting (a tag with an empty opaque is in every ETag), or ('n', opaques)."""
+    if not if_match:
+        return "", []
+    if (
+        len(if_match) > 2
+        and if_match[0] == '"'
+        and if_match[-1] == '"'
+        and '"' not in if_match[1:-1]
+        and "," not in if_match
+        and if_match.isprintable()
+    ):
+        return "n", [if_match[1:-1].encode()]  # one strong tag, as nearly every client sends
+    tags = parse_precondition(if_match).tags
+    if not tags:
+        return "", []
+    if any(not tag.opaque for tag in tags):
+        return "a", []
+    return "n", [tag.opaque.encode() for tag in tags]
+
+
+class Walk:
+    """One failure's walk down its resource's timeline, fed one read at a time."""
+
+    __slots__ = (
+        "at_last_score",
+        "done",
+        "in_span",
+        "kept",
+        "last_score",
+        "mode",
+        "prev",
+        "span_limit",
+        "ts",
+        "walked",
+        "wanted",
+        "writes",
+        "writes_limit",
+    )
+
+    def __init__(self, ts: float, if_match: str, *, writes_limit: int, span_limit: int) -> None:
+        self.ts = ts
+        self.mode, wanted = needles(if_match)
+        self.wanted = wanted
+        self.writes_limit = writes_limit
+        self.span_limit = span_limit
+        self.kept: dict[bytes, Any] = {}  # member -> score, in the order kept
+        self.writes = self.walked = 0
+        self.prev: tuple[bytes, Any] | None = None
+        self.in_span = True
+        self.done = self.mode == ""
+        # Where the next read starts: at this score, past the members of it already read.
+        self.last_score: Any = None
+        self.at_last_score = 0
+
+    def feed(self, pairs: Sequence[tuple[bytes, Any]], asked: int) -> None:
+        """Walk the (member, score) pairs of one read, newest first, that asked for `asked`
+        members; `done` once the walk has what it needs or the timeline ended."""
+        # Locals: this loop runs for every member read while settling.
+        kept, wanted, every = self.kept, self.wanted, self.mode == "a"
+        writes, walked, prev, in_span = self.writes, self.walked, self.prev, self.in_span
+        writes_limit, walked_limit = self.writes_limit, 4 * self.writes_limit
+        ahead = self.last_score is None or float(self.last_score) > self.ts
+        done = False
+        for member, score in pairs:
+            if score == self.last_score:
+                self.at_last_score += 1
+            else:
+                self.last_score, self.at_last_score = score, 1
+            kind = member[0]
+            if ahead:
+                if float(score) > self.ts:  # stamped a little after the failure
+                    if kind == _WRITE:
+                        kept.setdefault(member, score)
+                    continue
+                ahead = False
+            if kind == _OTHER:
+                continue
+            walked += 1
+            if in_span:
+                kept.setdefault(member, score)
+                if kind != _FAILURE or walked >= self.span_limit:
+                    in_span = False
+            match = every
+            if wanted:
+                for needle in wanted:
+                    # `in` first, in C; the kind and its separator are not part of the tag
+                    if needle in member and member.find(needle, 2) >= 0:
+                        match = True
+                        break
+                if match:
+                    fields = member.split(US)
+                    etag = fields[2]
+                    for needle in list(wanted):
+                        quoted = b'"' + needle + b'"'
+                        if (
+                            etag == quoted
+                            or etag == b"W/" + quoted
+                            or (kind != _FAILURE and quoted in fields[4])
+                        ):
+                            wanted.remove(needle)
+            if match:
+                # the newer neighbour is what came after this sighting: the classifier needs it
+                if prev is not None:
+                    kept.setdefault(*prev)
+                kept.setdefault(member, score)
+            prev = (member, score)
+            if kind != _FAILURE:
+                writes += 1
+            if (
+                writes >= writes_limit
+                or walked >= walked_limit
+                or (not every and not wanted and not in_span)
+            ):
+                done = True
+                break
+        self.writes, self.walked, self.prev, self.in_span = writes, walked, prev, in_span
+        # the timeline's oldest member was read when a read comes back short
+        self.done = done or len(pairs) < asked
+
+    def more(self, key: str, first_max: str) -> tuple[tuple[Any, ...], int]:
+        """The next read of a walk not done, and how many members it asks for."""
+        if self.last_score is None:
+            start, offset, size = first_max, 0, FIRST_READ
+        else:
+            start, offset, size = self.last_score, self.at_last_score, MORE_READ
+        return ("ZREVRANGEBYSCORE", key, start, "-inf", "WITHSCORES", "LIMIT", offset, size), size
