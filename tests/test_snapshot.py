@@ -11,7 +11,9 @@ def member(kind: str, rid: str, etag: str = "", if_match: str = "") -> bytes:
     return US.join((kind, rid, etag, "", if_match, "")).encode()
 
 
-def walk_all(walk: Walk, timeline: list[tuple[bytes, bytes]], start: str) -> list[tuple]:
+def walk_all(
+    walk: Walk, timeline: list[tuple[bytes, bytes]], start: str
+) -> list[tuple[object, ...]]:
     """Feed `walk` the reads it asks for from `timeline` (newest first), as Redis would answer
     ZREVRANGEBYSCORE max -inf WITHSCORES LIMIT offset count; the reads it made."""
     reads = []
