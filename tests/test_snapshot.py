@@ -16,7 +16,7 @@ def walk_all(
 ) -> list[tuple[object, ...]]:
     """Feed `walk` the reads it asks for from `timeline` (newest first), as Redis would answer
     ZREVRANGEBYSCORE max -inf WITHSCORES LIMIT offset count; the reads it made."""
-    reads = []
+    reads: list[tuple[object, ...]] = []
     while not walk.done:
         (_, _, top, _, _, _, offset, count), size = walk.more("z", start)
         reads.append((top, offset, count))
