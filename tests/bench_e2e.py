@@ -364,10 +364,12 @@ def clean_env(**settings: str) -> dict[str, str]:
 class Collector:
     """`precondition-watch serve` on a free port, stopped on exit."""
 
-    def __init__(self, redis_url: str | None, expect_children: bool) -> None:
+    def __init__(
+        self, redis_url: str | None, expect_children: bool, settings: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = clean_env(PW_REDIS_URL=redis_url) if redis_url else clean_env()
+        env = clean_env(**(settings or {}), **({"PW_REDIS_URL": redis_url} if redis_url else {}))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "collector", "serve", "--port", str(self.port)],
             env=env,
@@ -599,6 +601,10 @@ class RunResult:
     check: str
     peak_rss_mib: dict[str, float]
     cpu_seconds: dict[str, float]
+    # CPU seconds of the collector's processes and Redis over each phase's wall time: how many
+    # of the machine's cores the phase kept busy.
+    cores_sending: float = 0.0
+    cores_flushing: float = 0.0
     redis_bytes_per_resource: float | None = None
     commandstats: list[tuple[str, int, int, float]] = field(default_factory=list)
     causes: Counter[str] = field(default_factory=Counter)
@@ -625,7 +631,8 @@ class RunResult:
         )
         return (
             f"{label}: {self.rate:,.0f} events/s ({self.send_seconds:.1f} s sending + "
-            f"{self.flush_seconds:.1f} s flush), batch p50 {self.p50_ms:.0f} ms p99 "
+            f"{self.flush_seconds:.1f} s flush; cores busy {self.cores_sending:.2f} sending, "
+            f"{self.cores_flushing:.2f} flushing), batch p50 {self.p50_ms:.0f} ms p99 "
             f"{self.p99_ms:.0f} ms, {self.retries} retries{per_resource}, "
             f"failures counted {self.check}{mtail}"
         )
@@ -715,6 +722,11 @@ def _shorten(frame: str) -> str:
     return re.sub(r"\S*site-packages/", "", frame)
 
 
+def _busy(before: dict[str, float], after: dict[str, float]) -> float:
+    """CPU seconds the collector's processes and Redis used between two `cpu_of` readings."""
+    return sum(after.get(role, 0.0) - before.get(role, 0.0) for role in after)
+
+
 def run_once(
     stream: Stream,
     workdir: Path,
@@ -722,6 +734,7 @@ def run_once(
     embedded: bool = False,
     profile: bool = False,
     mtail_program: Path = MTAIL_PROGRAM,
+    settings: dict[str, str] | None = None,
 ) -> RunResult:
     """One collector run over the stream, then (on real Redis) the same lines through mtail."""
     server: RedisServer | None = None
@@ -730,7 +743,8 @@ def run_once(
         server.start()
     try:
         redis_pid = server.process.pid if server and server.process else None
-        with Collector(server.url if server else None, expect_children=not embedded) as collector:
+        redis_url = server.url if server else None
+        with Collector(redis_url, expect_children=not embedded, settings=settings) as collector:
             pids = roles(collector.process.pid, redis_pid)
             client = redis.Redis(port=server.port) if server else None
             used_before = 0
@@ -746,6 +760,7 @@ def run_once(
             own_before = time.process_time()
             sent = asyncio.run(send_all(collector.port, stream.batches))
             sent_at = time.perf_counter()
+            cpu_sent = cpu_of(pids)
             flushed = httpx.post(collector.base + "/v1/flush", timeout=600)
             flushed_at = time.perf_counter()
             flushed.raise_for_status()
@@ -782,6 +797,8 @@ def run_once(
                     role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in pids
                 },
                 causes=causes,
+                cores_sending=_busy(cpu_before, cpu_sent) / (sent_at - sent.first_byte),
+                cores_flushing=_busy(cpu_sent, cpu_after) / (flushed_at - sent_at),
             )
             result.cpu_seconds["client"] = own_cpu
             if profiler is not None:
@@ -1010,6 +1027,8 @@ def summary(results: list[RunResult]) -> None:
         print(_row("ratio collector / mtail", [r.ratio for r in with_mtail if r.ratio], ".3f"))
     print(_row("sending s", [r.send_seconds for r in results], ".1f"))
     print(_row("flush s", [r.flush_seconds for r in results], ".2f"))
+    print(_row("cores busy sending", [r.cores_sending for r in results], ".2f"))
+    print(_row("cores busy flushing", [r.cores_flushing for r in results], ".2f"))
     print(_row("batch latency p50 ms", [r.p50_ms for r in results], ".0f"))
     print(_row("batch latency p99 ms", [r.p99_ms for r in results], ".0f"))
     ordered = list(dict.fromkeys(role for r in results for role in r.peak_rss_mib))
@@ -1095,7 +1114,7 @@ def print_causes(stream: Stream, result: RunResult) -> None:
     print(f"collector's causes:    {causes}")
 
 
-def header(stream: Stream) -> None:
+def header(stream: Stream, settings: dict[str, str]) -> None:
     load = os.getloadavg()
     redis_version = subprocess.run(
         [find_binary("redis-server"), "--version"], capture_output=True, text=True, check=False
@@ -1105,6 +1124,7 @@ def header(stream: Stream) -> None:
         f"machine: {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
         f"redis-server {redis_version.removeprefix('v=')} with persistence off "
         "(--save '', --appendonly no); collector defaults (PW_INGEST_PROCESSES=2, settle process)"
+        + "".join(f", {name}={value}" for name, value in settings.items())
     )
     print(f"stream: {stream.describe()}")
     print(f"sending: {SENDERS} keep-alive connections, NDJSON batches of {BATCH}, uncompressed\n")
@@ -1120,6 +1140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one more run under py-spy")
     parser.add_argument("--embedded", action="store_true", help="one run on embedded fakeredis")
     parser.add_argument("--embedded-events", type=int, default=20_000)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PW_NAME=VALUE",
+        help="a setting for the collector under test (repeatable); the defaults otherwise",
+    )
     parser.add_argument(
         "--mtail-program",
         type=Path,
@@ -1138,19 +1165,26 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, help="soak rate in events/s (default: half of one measured run)"
     )
     args = parser.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in args.set)
+    if any(not name.startswith("PW_") for name in settings):
+        parser.error("--set takes PW_NAME=VALUE")
     with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
         workdir = Path(tmp)
         if args.soak is not None:
             return soak(args.soak, args.rate, args.seed, args.events, workdir)
         stream = make_stream(args.events, args.seed)
-        header(stream)
+        header(stream, settings)
         results: list[RunResult] = []
         for n in range(1, args.runs + 1):
-            results.append(run_once(stream, workdir, mtail_program=args.mtail_program))
+            results.append(
+                run_once(stream, workdir, mtail_program=args.mtail_program, settings=settings)
+            )
             print(results[-1].line(f"run {n}"), flush=True)
         profiled = None
         if args.profile:
-            profiled = run_once(stream, workdir, profile=True, mtail_program=args.mtail_program)
+            profiled = run_once(
+                stream, workdir, profile=True, mtail_program=args.mtail_program, settings=settings
+            )
             print(profiled.line("profiled run (py-spy attached; not in the summary)"), flush=True)
         embedded = None
         if args.embedded:
