@@ -25,7 +25,7 @@ newest of that tag.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from collector.etag import parse_precondition
@@ -93,7 +93,7 @@ class Walk:
         self.last_score: Any = None
         self.at_last_score = 0
 
-    def feed(self, pairs: Sequence[tuple[bytes, Any]], asked: int) -> None:
+    def feed(self, pairs: Iterable[tuple[bytes, Any]], asked: int) -> None:
         """Walk the (member, score) pairs of one read, newest first, that asked for `asked`
         members; `done` once the walk has what it needs or the timeline ended."""
         # Locals: this loop runs for every member read while settling.
@@ -102,7 +102,9 @@ class Walk:
         writes_limit, walked_limit = self.writes_limit, 4 * self.writes_limit
         ahead = self.last_score is None or float(self.last_score) > self.ts
         done = False
+        read = 0
         for member, score in pairs:
+            read += 1
             if score == self.last_score:
                 self.at_last_score += 1
             else:
@@ -156,7 +158,7 @@ class Walk:
                 break
         self.writes, self.walked, self.prev, self.in_span = writes, walked, prev, in_span
         # the timeline's oldest member was read when a read comes back short
-        self.done = done or len(pairs) < asked
+        self.done = done or read < asked
 
     def more(self, key: str, first_max: str) -> tuple[tuple[Any, ...], int]:
         """The next read of a walk not done, and how many members it asks for."""

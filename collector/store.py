@@ -206,8 +206,15 @@ def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
         return list(reply.items())
     if reply and isinstance(reply[0], list | tuple):
         return [(member, score) for member, score in reply]
+    return list(_pair_iter(reply))
+
+
+def _pair_iter(reply: Any) -> Iterator[tuple[bytes, Any]]:
+    """ZRANGE WITHSCORES as (member, score) pairs, read once (the settling path reads many)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return iter(reply)  # paired by redis-py
     pairs = iter(reply)
-    return list(zip(pairs, pairs, strict=False))  # member, score, member, score, ...
+    return zip(pairs, pairs, strict=False)  # member, score, member, score, ...
 
 
 def _versions(reply: list[Any]) -> list[tuple[str, float]]:
@@ -625,7 +632,7 @@ class Store:
             commands, reads_again = [], []
             for i, reply, size in zip(walking, timeline_replies, reads, strict=True):
                 walk = walks[i]
-                walk.feed(_pairs(reply), size)
+                walk.feed(_pair_iter(reply), size)
                 if not walk.done:
                     read, more = walk.more(timelines[i], "")
                     again.append(i)
@@ -637,7 +644,7 @@ class Store:
         priors: dict[int, list[PriorFailure]] = {}
         for i, reply in zip(conflicts_of, conflict_replies, strict=True):
             mine = f"{US}{failures[i].client_id}{US}".encode()
-            priors[i] = [decode_conflict(m, score) for m, score in _pairs(reply) if mine in m]
+            priors[i] = [decode_conflict(m, score) for m, score in _pair_iter(reply) if mine in m]
         contexts = []
         for i, (failure, walk, (record, decided)) in enumerate(
             zip(failures, walks, records, strict=True)

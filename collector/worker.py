@@ -24,9 +24,9 @@ from collector.settle import Settler
 from collector.store import Store
 
 NICENESS = 10
-# Small claims, two services at a time: a settling script holds Redis while it runs (about
-# 60 us per failure), and every ingest batch waits behind it. A claim of 500 held it for tens
-# of milliseconds; 100 lets ingest commands in between.
+# Small claims, two services at a time: each round trip of a claim's reads and decisions is
+# one pipeline of a few commands per failure, which Redis runs before the ingest commands that
+# arrive meanwhile; 100 failures keep that to a few hundred commands.
 CLAIM_BATCH = 100
 LANES = 2
 YIELD_POLL_SECONDS = 0.05
