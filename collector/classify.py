@@ -540,13 +540,18 @@ def _stale_etag(f: _Facts) -> Decision | None:
     return None
 
 
-RULES: tuple[Rule, ...] = (
+# The rules that read only the failure itself, never its context: they come first, so a
+# failure one of them decides needs no lineage (settling stops reading it: `decided_alone`).
+ALONE: tuple[Rule, ...] = (
     _missing_precondition,
     _business_conflict,
     _resource_gone,
     _create_conflict,
     _weak_etag,
     _proxy_rewrite,
+)
+RULES: tuple[Rule, ...] = (
+    *ALONE,
     _format_change,
     _unstable_etag,
     _blind_retry,
@@ -571,17 +576,31 @@ def _unknown(f: _Facts) -> Decision:
     return Decision(Cause.UNKNOWN, evidence)
 
 
-def classify_failure(failure: Event, context: Context) -> Decision:
-    """The cause of one failure: the first rule of RULES that matches, else unknown."""
-    facts = _Facts(
+def _facts(failure: Event, context: Context) -> _Facts:
+    return _Facts(
         failure=failure,
         context=context,
         if_match=parse_precondition(failure.if_match),
         if_none_match=parse_precondition(failure.if_none_match),
         current=parse_etag(failure.current_etag) if failure.current_etag else None,
     )
+
+
+def classify_failure(failure: Event, context: Context) -> Decision:
+    """The cause of one failure: the first rule of RULES that matches, else unknown."""
+    facts = _facts(failure, context)
     for rule in RULES:
         decision = rule(facts)
         if decision is not None:
             return decision
     return _unknown(facts)
+
+
+def decided_alone(failure: Event) -> bool:
+    """Whether the failure's cause follows from the failure alone (a rule of ALONE matches):
+    then `classify_failure` gives it whatever the context holds."""
+    facts = _facts(failure, _NO_CONTEXT)
+    return any(rule(facts) is not None for rule in ALONE)
+
+
+_NO_CONTEXT = Context()

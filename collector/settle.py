@@ -20,6 +20,7 @@ from collector.classify import (
     Context,
     Decision,
     classify_failure,
+    decided_alone,
 )
 from collector.counting import counted_of
 from collector.deploys import count_key
@@ -50,6 +51,13 @@ def context_from_store(
         versions=versions,
         window=window,
     )
+
+
+def _needs_lineage(failure: PendingFailure, record: dict[str, Any]) -> bool:
+    """Whether classifying this failure reads its lineage: not when the failure alone decides
+    (a rewritten If-Match, say, is never in the timeline: its walk would go to the limit)."""
+    event = decode_event(failure.service, failure.resource_id, failure.request_id, record)
+    return not decided_alone(event)
 
 
 class Settler:
@@ -131,7 +139,7 @@ class Settler:
         self, service: str, claimed: Sequence[PendingFailure], now: float | None
     ) -> int:
         contexts, formats, versions = await self.store.settle_inputs(
-            service, claimed, window=self.window
+            service, claimed, window=self.window, needs_lineage=_needs_lineage
         )
         # Only an If-Match missing from the resource's own lineage can be another resource's.
         wanted: set[str] = set()

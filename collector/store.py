@@ -91,6 +91,11 @@ class FailureContext:
     decision: dict[str, Any] | None
 
 
+# Whether a failure, by its record, needs more of its lineage read (settle.py asks the
+# classifier).
+LineageNeed = Callable[[PendingFailure, dict[str, Any]], bool]
+
+
 class SettleInputs(NamedTuple):
     """What settling a claimed batch reads: each failure's context and its service's deploys."""
 
@@ -561,17 +566,22 @@ class Store:
         return contexts
 
     async def settle_inputs(
-        self, service: str, failures: Sequence[PendingFailure], *, window: float
+        self,
+        service: str,
+        failures: Sequence[PendingFailure],
+        *,
+        window: float,
+        needs_lineage: LineageNeed | None = None,
     ) -> SettleInputs:
         """`load_contexts` of a claimed batch with its service's `formats` and `versions`, in
-        the same round trips."""
+        the same round trips; a walk stops early where `needs_lineage` says no."""
         sp = service_prefix(service)
         deploys: list[Command] = [
             ("ZRANGE", sp + "f", 0, -1, "WITHSCORES"),
             ("ZRANGE", sp + "v", 0, -1, "WITHSCORES"),
         ]
         contexts, (formats, versions) = await self._read_contexts(
-            failures, window, CONFLICT_LIMIT, deploys
+            failures, window, CONFLICT_LIMIT, deploys, needs_lineage
         )
         return SettleInputs(contexts, _formats(formats), _versions(versions))
 
@@ -581,11 +591,13 @@ class Store:
         window: float,
         conflict_limit: int,
         extra: Sequence[Command] = (),
+        needs_lineage: LineageNeed | None = None,
     ) -> tuple[list[FailureContext], list[Any]]:
         """The failures' contexts and the replies of `extra`, sent in the first round trip.
 
         The first round trip reads every record, conflicts and a short first stretch of each
-        timeline; a walk that needs more reads on, only those, until each is done."""
+        timeline; a walk that needs more reads on, only those, until each is done, unless
+        `needs_lineage` says from the failure's record that it needs no lineage."""
         if not failures and not extra:
             return [], []
         skew = CLOCK_SKEW_SECONDS
@@ -627,13 +639,23 @@ class Store:
         records = replies[len(extra) : len(extra) + len(failures)]
         conflict_replies = replies[len(extra) + len(failures) : len(commands) - len(walking)]
         timeline_replies = replies[len(commands) - len(walking) :]
+        found = [(decode_json(record), decode_json(decided)) for record, decided in records]
+
+        def reads_on(i: int) -> bool:
+            if needs_lineage is None:
+                return True
+            record, decided = found[i]
+            if record is None or decided is not None:
+                return False  # settling classifies neither
+            return needs_lineage(failures[i], record)
+
         while walking:
             again: list[int] = []
             commands, reads_again = [], []
             for i, reply, size in zip(walking, timeline_replies, reads, strict=True):
                 walk = walks[i]
                 walk.feed(_pair_iter(reply), size)
-                if not walk.done:
+                if not walk.done and reads_on(i):
                     read, more = walk.more(timelines[i], "")
                     again.append(i)
                     commands.append(read)
@@ -647,15 +669,11 @@ class Store:
             priors[i] = [decode_conflict(m, score) for m, score in _pair_iter(reply) if mine in m]
         contexts = []
         for i, (failure, walk, (record, decided)) in enumerate(
-            zip(failures, walks, records, strict=True)
+            zip(failures, walks, found, strict=True)
         ):
             lineage = [decode_sighting(m, score) for m, score in walk.kept.items()]
             lineage.sort(key=_by_time)
-            contexts.append(
-                FailureContext(
-                    failure, decode_json(record), lineage, priors.get(i, []), decode_json(decided)
-                )
-            )
+            contexts.append(FailureContext(failure, record, lineage, priors.get(i, []), decided))
         return contexts, extra_replies
 
     def _index_buckets(self, now: float) -> list[int]:

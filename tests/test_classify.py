@@ -11,6 +11,7 @@ from collector.classify import (
     PriorFailure,
     Sighting,
     classify_failure,
+    decided_alone,
 )
 from collector.event import Event
 
@@ -342,3 +343,37 @@ def test_a_change_with_no_logged_write_at_all_is_a_race() -> None:
     decision = classify_failure(failure(), context)
     assert decision.cause is Cause.CONCURRENT_WRITE
     assert decision.evidence["winner"] is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "alone"),
+    [
+        ({"status": 428, "if_match": None}, True),
+        ({"status": 409, "if_match": None, "current_etag": None}, True),
+        ({"if_match": "*"}, True),
+        ({"if_match": None, "if_none_match": "*"}, True),
+        ({"current_etag": 'W/"abc"'}, True),
+        ({"if_match": MD5_B[:-1] + '-gzip"'}, True),
+        ({}, False),  # a race or a stale tab: only the lineage tells
+        ({"if_match": MD5_C}, False),
+    ],
+)
+def test_what_the_failure_alone_decides_no_context_changes(
+    fields: dict[str, object], alone: bool
+) -> None:
+    """Settling stops reading the lineage of a failure `decided_alone` says is decided: its
+    cause must then be the same whatever the context holds."""
+    event = failure(**fields)
+    assert decided_alone(event) is alone
+    rich = Context(
+        lineage=[
+            seen(T - 30, MD5_A, "w-1", kind="w"),
+            seen(T - 10, MD5_B, "w-2", kind="w", im=MD5_A),
+            seen(T - 5, MD5_C, "f-0"),
+        ],
+        prior_failures=[PriorFailure(T - 20, "f-0", 412, "web/u1", MD5_A)],
+        etag_owners={MD5_A: "ord-2"},
+        versions=[("v1", T - 100)],
+    )
+    if alone:
+        assert classify_failure(event, rich) == classify_failure(event, Context())

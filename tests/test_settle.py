@@ -304,3 +304,29 @@ async def test_flush_waits_for_a_workers_claims_in_flight() -> None:
     await deciding
     assert failures_in(runtime.registry) == 5
     await runtime.store.close()
+
+
+async def test_a_failure_decided_by_itself_reads_no_more_of_its_timeline(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewritten If-Match (`"x-gzip"`) is in no write's lineage, so its walk would read to
+    the writes limit; its record alone says proxy_rewrite, so settling stops after the first
+    read of the timeline."""
+    writes = [write(f"w{i}", T - 300 + i, f'"{i:032x}"') for i in range(200)]
+    await store.ingest(writes, T)
+    current = writes[-1].current_etag
+    assert current is not None
+    await store.ingest([conflict("f1", T, im=current[:-1] + '-gzip"', ce=current)], T)
+    reads: list[str] = []
+    commands = store._commands
+
+    async def counting(operation: str, batch: list[tuple[object, ...]], **kw: bool) -> object:
+        reads.extend(str(c[1]) for c in batch if c[0] == "ZREVRANGEBYSCORE")
+        return await commands(operation, batch, **kw)
+
+    monkeypatch.setattr(store, "_commands", counting)
+    node = Node(store)
+    assert await node.settler.settle_all(force=True, now=T) == 1
+    _, decision = await store.request("shop", "ord-1", "f1")
+    assert decision is not None and decision["cause"] == "proxy_rewrite"
+    assert len([key for key in reads if key.endswith(":z")]) == 1

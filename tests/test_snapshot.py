@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.snapshot import FIRST_READ, MORE_READ, Walk, needles
+from collector.snapshot import FIRST_READ, Walk, needles
 
 US = "\x1f"
 
@@ -36,12 +36,16 @@ def test_needles_of_one_strong_tag_match_the_general_parser() -> None:
 def test_a_walk_past_the_first_read_sees_every_member_once_across_equal_scores() -> None:
     """Members sharing one score across the first read's end are each walked once: the next
     read starts at that score, past the ones already read."""
-    writes = [(member("w", f"w{i}", f'"t{i}"'), b"100") for i in range(FIRST_READ + 5)]
+    writes = [(member("w", f"w{i}", f'"t{i}"'), b"100") for i in range(5 * FIRST_READ + 3)]
     older = [(member("w", "old", '"needle"'), b"50"), (member("w", "older", '"x"'), b"40")]
     timeline = sorted(writes, key=lambda p: p[0], reverse=True) + older
     walk = Walk(100.0, '"needle"', writes_limit=100, span_limit=32)
     reads = walk_all(walk, timeline, "101")
-    assert reads == [("101", 0, FIRST_READ), (b"100", FIRST_READ, MORE_READ)]
+    assert reads == [
+        ("101", 0, FIRST_READ),
+        (b"100", FIRST_READ, 4 * FIRST_READ),
+        (b"100", 5 * FIRST_READ, 16 * FIRST_READ),
+    ]
     assert walk.walked == len(writes) + 1 and walk.writes == len(writes) + 1
     # found whole as an ETag: the walk stops there, with the write just after it
     kept = [m.split(US.encode())[1] for m in walk.kept]
