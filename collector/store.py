@@ -214,6 +214,13 @@ def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
     return list(_pair_iter(reply))
 
 
+def _members_and_scores(reply: Any) -> tuple[list[bytes], list[Any]]:
+    """ZRANGE WITHSCORES as its members and their scores, apart."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [member for member, _ in reply], [score for _, score in reply]  # redis-py
+    return reply[::2], reply[1::2]
+
+
 def _pair_iter(reply: Any) -> Iterator[tuple[bytes, Any]]:
     """ZRANGE WITHSCORES as (member, score) pairs, read once (the settling path reads many)."""
     if reply and isinstance(reply[0], list | tuple):
@@ -654,7 +661,7 @@ class Store:
             commands, reads_again = [], []
             for i, reply, size in zip(walking, timeline_replies, reads, strict=True):
                 walk = walks[i]
-                walk.feed(_pair_iter(reply), size)
+                walk.feed(*_members_and_scores(reply), size)
                 if not walk.done and reads_on(i):
                     read, more = walk.more(timelines[i], "")
                     again.append(i)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from collector.snapshot import FIRST_READ, Walk, needles
 
 US = "\x1f"
@@ -20,8 +24,8 @@ def walk_all(
     while not walk.done:
         (_, _, top, _, _, _, offset, count), size = walk.more("z", start)
         reads.append((top, offset, count))
-        below = [(m, s) for m, s in timeline if float(s) <= float(top)]
-        walk.feed(below[offset : offset + count], size)
+        below = [(m, s) for m, s in timeline if float(s) <= float(top)][offset : offset + count]
+        walk.feed([m for m, _ in below], [s for _, s in below], size)
     return reads
 
 
@@ -71,3 +75,50 @@ def test_a_tag_never_found_stops_after_writes_limit_writes() -> None:
     walk = Walk(1000.0, '"nowhere"', writes_limit=100, span_limit=32)
     walk_all(walk, timeline, "1000")
     assert walk.writes == 100 and walk.done
+
+
+def test_reads_without_a_needle_walked_in_c_keep_what_the_member_loop_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Walk._skip` counts the reads no needle occurs in without looping over their members:
+    on random timelines (writes, failures, others, shared scores, the tag present or not) it
+    keeps the same sightings, reads the same stretches and ends where the loop ends."""
+    used = [_compare(seed, monkeypatch) for seed in range(60)]
+    assert sum(used) >= 20  # the timelines exercise the path, not only the loop
+
+
+def _compare(seed: int, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """One random timeline walked with `_skip` and without; whether `_skip` took a read."""
+    rng = random.Random(seed)
+    timeline = []
+    score = 10_000.0
+    for i in range(rng.randrange(5, 600)):
+        kind = rng.choice("wwwwffo")
+        score -= rng.choice([0.0, 0.0, 1.0, 2.5])  # equal scores across read boundaries
+        tag = f'"t{rng.randrange(400)}"'
+        if kind == "o":
+            item = f"o{US}r{i}".encode()
+        else:
+            item = member(kind, f"r{i}", tag, f'"t{rng.randrange(400)}"' if kind == "w" else "")
+        timeline.append((item, repr(score).encode()))
+    if_match = rng.choice(['"t7"', '"nowhere"', '"t3", "t5"', '"t399"'])
+    limit = rng.choice([5, 20, 100])
+
+    def walked() -> tuple[object, ...]:
+        walk = Walk(10_000.0, if_match, writes_limit=limit, span_limit=8)
+        reads = walk_all(walk, timeline, "10001")
+        return (list(walk.kept.items()), walk.writes, walk.walked, reads)
+
+    skipped: list[bool] = []
+    skip = Walk._skip
+
+    def spying(self: Walk, members: list[bytes], scores: list[bytes]) -> bool:
+        skipped.append(skip(self, members, scores))
+        return skipped[-1]
+
+    monkeypatch.setattr(Walk, "_skip", spying)
+    with_c = walked()
+    monkeypatch.setattr(Walk, "_skip", lambda self, members, scores: False)
+    assert walked() == with_c, f"seed {seed}"
+    monkeypatch.undo()
+    return any(skipped)
