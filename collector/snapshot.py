@@ -186,9 +186,9 @@ class Walk:
             return False  # the walk ends inside this read
         self.writes += writes
         self.walked += lineage
-        newest_other = len(kinds.rstrip(b"o")) - 1  # the oldest member that is not `o`
-        if newest_other >= 0:
-            self.prev = (members[newest_other], scores[newest_other])
+        oldest_sighting = len(kinds.rstrip(b"o")) - 1  # the last member that is not `o`
+        if oldest_sighting >= 0:
+            self.prev = (members[oldest_sighting], scores[oldest_sighting])
         last, same = scores[-1], 1
         while same < len(scores) and scores[-1 - same] == last:
             same += 1

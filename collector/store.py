@@ -191,15 +191,6 @@ def _service_commands(
     return commands
 
 
-def _in_order(groups: list[list[int]], replies: Sequence[list[Any]]) -> list[Any]:
-    """Per-group replies (as `slot_groups` grouped the items) back in the items' order."""
-    out: list[Any] = [None] * sum(len(group) for group in groups)
-    for group, reply in zip(groups, replies, strict=True):
-        for index, item in zip(group, reply, strict=True):
-            out[index] = item
-    return out
-
-
 def _by_time(sighting: Sighting) -> float:
     return sighting.ts
 
@@ -648,13 +639,18 @@ class Store:
         timeline_replies = replies[len(commands) - len(walking) :]
         found = [(decode_json(record), decode_json(decided)) for record, decided in records]
 
+        asked: dict[int, bool] = {}  # what needs_lineage said, asked once per failure
+
         def reads_on(i: int) -> bool:
             if needs_lineage is None:
                 return True
-            record, decided = found[i]
-            if record is None or decided is not None:
-                return False  # settling classifies neither
-            return needs_lineage(failures[i], record)
+            if i not in asked:
+                record, decided = found[i]
+                # settling classifies neither a failure whose record is gone nor a decided one
+                asked[i] = (
+                    record is not None and decided is None and needs_lineage(failures[i], record)
+                )
+            return asked[i]
 
         while walking:
             again: list[int] = []
