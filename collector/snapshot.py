@@ -42,18 +42,7 @@ MAX_READ = 256
 def needles(if_match: str) -> tuple[str, list[bytes]]:
     """How a failure's If-Match is looked for: ('', []) nothing to walk (no tag), ('a', [])
     every sighting (a tag with an empty opaque is in every ETag), or ('n', opaques)."""
-    if not if_match:
-        return "", []
-    if (
-        len(if_match) > 2
-        and if_match[0] == '"'
-        and if_match[-1] == '"'
-        and '"' not in if_match[1:-1]
-        and "," not in if_match
-        and if_match.isprintable()
-    ):
-        return "n", [if_match[1:-1].encode()]  # one strong tag, as nearly every client sends
-    tags = parse_precondition(if_match).tags
+    tags = parse_precondition(if_match).tags if if_match else ()
     if not tags:
         return "", []
     if any(not tag.opaque for tag in tags):
@@ -67,6 +56,7 @@ class Walk:
     __slots__ = (
         "at_last_score",
         "done",
+        "first_max",
         "in_span",
         "kept",
         "last_score",
@@ -81,8 +71,11 @@ class Walk:
         "writes_limit",
     )
 
-    def __init__(self, ts: float, if_match: str, *, writes_limit: int, span_limit: int) -> None:
+    def __init__(
+        self, ts: float, if_match: str, *, writes_limit: int, span_limit: int, skew: float
+    ) -> None:
         self.ts = ts
+        self.first_max = repr(ts + skew)  # the first read starts `skew` after the failure
         self.mode, wanted = needles(if_match)
         self.wanted = wanted
         self.writes_limit = writes_limit
@@ -198,10 +191,10 @@ class Walk:
             self.last_score, self.at_last_score = last, same
         return True
 
-    def more(self, key: str, first_max: str) -> tuple[tuple[Any, ...], int]:
+    def more(self, key: str) -> tuple[tuple[Any, ...], int]:
         """The next read of a walk not done, and how many members it asks for."""
         if self.last_score is None:
-            start, offset, size = first_max, 0, FIRST_READ
+            start, offset, size = self.first_max, 0, FIRST_READ
         else:
             start, offset = self.last_score, self.at_last_score
             # no more than the writes still to walk, if every member left were a write

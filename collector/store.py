@@ -200,9 +200,7 @@ def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
     paired or a dict from redis-py."""
     if isinstance(reply, dict):
         return list(reply.items())
-    if reply and isinstance(reply[0], list | tuple):
-        return [(member, score) for member, score in reply]
-    return list(_pair_iter(reply))
+    return list(zip(*_members_and_scores(reply), strict=True))
 
 
 def _members_and_scores(reply: Any) -> tuple[list[bytes], list[Any]]:
@@ -210,14 +208,6 @@ def _members_and_scores(reply: Any) -> tuple[list[bytes], list[Any]]:
     if reply and isinstance(reply[0], list | tuple):
         return [member for member, _ in reply], [score for _, score in reply]  # redis-py
     return reply[::2], reply[1::2]
-
-
-def _pair_iter(reply: Any) -> Iterator[tuple[bytes, Any]]:
-    """ZRANGE WITHSCORES as (member, score) pairs, read once (the settling path reads many)."""
-    if reply and isinstance(reply[0], list | tuple):
-        return iter(reply)  # paired by redis-py
-    pairs = iter(reply)
-    return zip(pairs, pairs, strict=False)  # member, score, member, score, ...
 
 
 def _versions(reply: list[Any]) -> list[tuple[str, float]]:
@@ -608,16 +598,17 @@ class Store:
             prefix = resource_prefix(f.service, f.resource_id)
             timelines.append(prefix + "z")
             commands.append(("HMGET", prefix + "e", f.request_id, DECISION + f.request_id))
-            walk = Walk(f.ts, f.if_match, writes_limit=self.writes_cap, span_limit=SPAN_LIMIT)
+            walk = Walk(
+                f.ts, f.if_match, writes_limit=self.writes_cap, span_limit=SPAN_LIMIT, skew=skew
+            )
             walks.append(walk)
             if f.client_id and walk.mode:  # what a blind retry can be
                 conflicts_of.append(i)
-                ts = repr(f.ts)
                 conflicts.append(
                     (
                         "ZREVRANGEBYSCORE",
                         prefix + "f",
-                        ts,
+                        repr(f.ts),
                         repr(f.ts - window),
                         "WITHSCORES",
                         "LIMIT",
@@ -629,7 +620,7 @@ class Store:
         walking = [i for i, walk in enumerate(walks) if not walk.done]
         reads: list[int] = []
         for i in walking:
-            read, size = walks[i].more(timelines[i], repr(failures[i].ts + skew))
+            read, size = walks[i].more(timelines[i])
             commands.append(read)
             reads.append(size)
         replies = await self._commands("load_contexts", commands)
@@ -659,7 +650,7 @@ class Store:
                 walk = walks[i]
                 walk.feed(*_members_and_scores(reply), size)
                 if not walk.done and reads_on(i):
-                    read, more = walk.more(timelines[i], "")
+                    read, more = walk.more(timelines[i])
                     again.append(i)
                     commands.append(read)
                     reads_again.append(more)
@@ -669,7 +660,7 @@ class Store:
         priors: dict[int, list[PriorFailure]] = {}
         for i, reply in zip(conflicts_of, conflict_replies, strict=True):
             mine = f"{US}{failures[i].client_id}{US}".encode()
-            priors[i] = [decode_conflict(m, score) for m, score in _pair_iter(reply) if mine in m]
+            priors[i] = [decode_conflict(m, score) for m, score in _pairs(reply) if mine in m]
         contexts = []
         for i, (failure, walk, (record, decided)) in enumerate(
             zip(failures, walks, found, strict=True)

@@ -15,14 +15,12 @@ def member(kind: str, rid: str, etag: str = "", if_match: str = "") -> bytes:
     return US.join((kind, rid, etag, "", if_match, "")).encode()
 
 
-def walk_all(
-    walk: Walk, timeline: list[tuple[bytes, bytes]], start: str
-) -> list[tuple[object, ...]]:
+def walk_all(walk: Walk, timeline: list[tuple[bytes, bytes]]) -> list[tuple[object, ...]]:
     """Feed `walk` the reads it asks for from `timeline` (newest first), as Redis would answer
     ZREVRANGEBYSCORE max -inf WITHSCORES LIMIT offset count; the reads it made."""
     reads: list[tuple[object, ...]] = []
     while not walk.done:
-        (_, _, top, _, _, _, offset, count), size = walk.more("z", start)
+        (_, _, top, _, _, _, offset, count), size = walk.more("z")
         reads.append((top, offset, count))
         below = [(m, s) for m, s in timeline if float(s) <= float(top)][offset : offset + count]
         walk.feed([m for m, _ in below], [s for _, s in below], size)
@@ -43,10 +41,10 @@ def test_a_walk_past_the_first_read_sees_every_member_once_across_equal_scores()
     writes = [(member("w", f"w{i}", f'"t{i}"'), b"100") for i in range(5 * FIRST_READ + 3)]
     older = [(member("w", "old", '"needle"'), b"50"), (member("w", "older", '"x"'), b"40")]
     timeline = sorted(writes, key=lambda p: p[0], reverse=True) + older
-    walk = Walk(100.0, '"needle"', writes_limit=100, span_limit=32)
-    reads = walk_all(walk, timeline, "101")
+    walk = Walk(100.0, '"needle"', writes_limit=100, span_limit=32, skew=1.0)
+    reads = walk_all(walk, timeline)
     assert reads == [
-        ("101", 0, FIRST_READ),
+        ("101.0", 0, FIRST_READ),
         (b"100", FIRST_READ, 4 * FIRST_READ),
         (b"100", 5 * FIRST_READ, 16 * FIRST_READ),
     ]
@@ -63,8 +61,8 @@ def test_writes_stamped_just_after_the_failure_are_kept_and_not_walked() -> None
         (member("f", "other", '"b"'), b"100.4"),
         (member("w", "before", '"a"'), b"99"),
     ]
-    walk = Walk(100.0, '"a"', writes_limit=100, span_limit=32)
-    walk_all(walk, timeline, "101")
+    walk = Walk(100.0, '"a"', writes_limit=100, span_limit=32, skew=1.0)
+    walk_all(walk, timeline)
     kept = {m.split(US.encode())[1] for m in walk.kept}
     assert kept == {b"after", b"before"}
     assert walk.walked == 1
@@ -72,8 +70,8 @@ def test_writes_stamped_just_after_the_failure_are_kept_and_not_walked() -> None
 
 def test_a_tag_never_found_stops_after_writes_limit_writes() -> None:
     timeline = [(member("w", f"w{i}", f'"t{i}"'), str(1000 - i).encode()) for i in range(500)]
-    walk = Walk(1000.0, '"nowhere"', writes_limit=100, span_limit=32)
-    walk_all(walk, timeline, "1000")
+    walk = Walk(1000.0, '"nowhere"', writes_limit=100, span_limit=32, skew=1.0)
+    walk_all(walk, timeline)
     assert walk.writes == 100 and walk.done
 
 
@@ -105,8 +103,8 @@ def _compare(seed: int, monkeypatch: pytest.MonkeyPatch) -> bool:
     limit = rng.choice([5, 20, 100])
 
     def walked() -> tuple[object, ...]:
-        walk = Walk(10_000.0, if_match, writes_limit=limit, span_limit=8)
-        reads = walk_all(walk, timeline, "10001")
+        walk = Walk(10_000.0, if_match, writes_limit=limit, span_limit=8, skew=1.0)
+        reads = walk_all(walk, timeline)
         return (list(walk.kept.items()), walk.writes, walk.walked, reads)
 
     skipped: list[bool] = []
