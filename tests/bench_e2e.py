@@ -22,7 +22,10 @@ Modes: `--runs N` repeats the pair N times and prints a markdown summary (median
 `--profile` adds one run sampled by py-spy (top functions by self samples per process) that the
 summary leaves out; `--embedded` adds one run on the embedded fakeredis (no `PW_REDIS_URL`,
 as `make run`); `--soak SECONDS` feeds a collector at a steady rate with ever new resources and
-samples every process's RSS every 10 s, to show that the collector's memory stays flat.
+samples every process's RSS every 10 s, to show that the collector's memory stays flat;
+`--hold-settling` keeps every failure pending until the flush (the allowed lateness past the
+stream's span), so "events/s while sending" is what ingest alone does, the bound that settling
+has to fit under.
 
 The client, the collector and Redis share the machine: on two cores absolute numbers move with
 whatever else runs, the ratio and the per-event costs less so.
@@ -601,6 +604,9 @@ class RunResult:
     check: str
     peak_rss_mib: dict[str, float]
     cpu_seconds: dict[str, float]
+    # The same, while sending only: with settling held back (PW_ALLOWED_LATENESS_SECONDS past
+    # the stream's span) it is what ingest alone costs.
+    cpu_sending: dict[str, float] = field(default_factory=dict)
     # CPU seconds of the collector's processes and Redis over each phase's wall time: how many
     # of the machine's cores the phase kept busy.
     cores_sending: float = 0.0
@@ -735,8 +741,10 @@ def run_once(
     profile: bool = False,
     mtail_program: Path = MTAIL_PROGRAM,
     settings: dict[str, str] | None = None,
+    held: bool = False,
 ) -> RunResult:
-    """One collector run over the stream, then (on real Redis) the same lines through mtail."""
+    """One collector run over the stream, then (on real Redis) the same lines through mtail.
+    `held`: settling was held back until the flush (`--hold-settling`), which the run checks."""
     server: RedisServer | None = None
     if not embedded:
         server = RedisServer()
@@ -761,6 +769,9 @@ def run_once(
             sent = asyncio.run(send_all(collector.port, stream.batches))
             sent_at = time.perf_counter()
             cpu_sent = cpu_of(pids)
+            # Read after the sending phase's clock stopped; it delays only the flush's start.
+            early = collector.metric_sums()[0] if held else 0
+            flush_started = time.perf_counter()
             flushed = httpx.post(collector.base + "/v1/flush", timeout=600)
             flushed_at = time.perf_counter()
             flushed.raise_for_status()
@@ -778,16 +789,18 @@ def run_once(
                     time.sleep(0.5)
                     counted = collector.metric_sums()[0]
                 check += f", {counted:.0f} after 30 s more)"
+            if early:
+                check += f"; {early:.0f} failures settled before the flush, which was held"
             if sent.accepted != len(stream.lines) or accepted != len(stream.lines):
                 check += (
                     f"; accepted {sent.accepted} (/metrics {accepted:.0f}) of {len(stream.lines)}"
                 )
             peaks = {role: _status_kib(pid, "VmHWM") / 1024 for role, pid in pids.items()}
             result = RunResult(
-                rate=len(stream.lines) / (flushed_at - sent.first_byte),
+                rate=len(stream.lines) / (sent_at - sent.first_byte + flushed_at - flush_started),
                 events=len(stream.lines),
                 send_seconds=sent_at - sent.first_byte,
-                flush_seconds=flushed_at - sent_at,
+                flush_seconds=flushed_at - flush_started,
                 p50_ms=percentile(sent.latencies, 0.50) * 1000,
                 p99_ms=percentile(sent.latencies, 0.99) * 1000,
                 retries=sent.retries,
@@ -796,9 +809,12 @@ def run_once(
                 cpu_seconds={
                     role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in pids
                 },
+                cpu_sending={
+                    role: cpu_sent.get(role, 0.0) - cpu_before.get(role, 0.0) for role in pids
+                },
                 causes=causes,
                 cores_sending=_busy(cpu_before, cpu_sent) / (sent_at - sent.first_byte),
-                cores_flushing=_busy(cpu_sent, cpu_after) / (flushed_at - sent_at),
+                cores_flushing=_busy(cpu_sent, cpu_after) / (flushed_at - flush_started),
             )
             result.cpu_seconds["client"] = own_cpu
             if profiler is not None:
@@ -1025,7 +1041,15 @@ def summary(results: list[RunResult]) -> None:
             )
         )
         print(_row("ratio collector / mtail", [r.ratio for r in with_mtail if r.ratio], ".3f"))
+        print(
+            _row(
+                "ratio while sending / mtail",
+                [r.events / r.send_seconds / r.mtail.rate for r in with_mtail if r.mtail],
+                ".3f",
+            )
+        )
     print(_row("sending s", [r.send_seconds for r in results], ".1f"))
+    print(_row("events/s while sending", [r.events / r.send_seconds for r in results], ",.0f"))
     print(_row("flush s", [r.flush_seconds for r in results], ".2f"))
     print(_row("cores busy sending", [r.cores_sending for r in results], ".2f"))
     print(_row("cores busy flushing", [r.cores_flushing for r in results], ".2f"))
@@ -1037,6 +1061,15 @@ def summary(results: list[RunResult]) -> None:
     cpu_roles = list(dict.fromkeys(role for r in results for role in r.cpu_seconds))
     for role in cpu_roles:
         print(_row(f"CPU {role} s", [r.cpu_seconds.get(role, 0.0) for r in results], ".2f"))
+    for role in cpu_roles:
+        if any(role in r.cpu_sending for r in results):
+            print(
+                _row(
+                    f"CPU {role} while sending us/event",
+                    [r.cpu_sending.get(role, 0.0) / r.events * 1e6 for r in results],
+                    ".1f",
+                )
+            )
     collector_roles = [
         role for role in cpu_roles if role not in ("redis-server", "client", "mtail")
     ]
@@ -1148,6 +1181,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a setting for the collector under test (repeatable); the defaults otherwise",
     )
     parser.add_argument(
+        "--hold-settling",
+        action="store_true",
+        help="settle nothing until the flush: the sending phase measures ingest alone",
+    )
+    parser.add_argument(
         "--mtail-program",
         type=Path,
         default=MTAIL_PROGRAM,
@@ -1168,6 +1206,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(item.split("=", 1) for item in args.set)
     if any(not name.startswith("PW_") for name in settings):
         parser.error("--set takes PW_NAME=VALUE")
+    if args.hold_settling:
+        # No watermark passes a failure, and no service is quiet for long enough, before the
+        # flush.
+        settings.setdefault("PW_ALLOWED_LATENESS_SECONDS", "86400")
     with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
         workdir = Path(tmp)
         if args.soak is not None:
@@ -1177,7 +1219,13 @@ def main(argv: list[str] | None = None) -> int:
         results: list[RunResult] = []
         for n in range(1, args.runs + 1):
             results.append(
-                run_once(stream, workdir, mtail_program=args.mtail_program, settings=settings)
+                run_once(
+                    stream,
+                    workdir,
+                    mtail_program=args.mtail_program,
+                    settings=settings,
+                    held=args.hold_settling,
+                )
             )
             print(results[-1].line(f"run {n}"), flush=True)
         profiled = None
