@@ -728,9 +728,14 @@ def _shorten(frame: str) -> str:
     return re.sub(r"\S*site-packages/", "", frame)
 
 
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process used between two `cpu_of` readings."""
+    return {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+
+
 def _busy(before: dict[str, float], after: dict[str, float]) -> float:
     """CPU seconds the collector's processes and Redis used between two `cpu_of` readings."""
-    return sum(after.get(role, 0.0) - before.get(role, 0.0) for role in after)
+    return sum(_spent(before, after).values())
 
 
 def run_once(
@@ -806,12 +811,8 @@ def run_once(
                 retries=sent.retries,
                 check=check,
                 peak_rss_mib=peaks,
-                cpu_seconds={
-                    role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in pids
-                },
-                cpu_sending={
-                    role: cpu_sent.get(role, 0.0) - cpu_before.get(role, 0.0) for role in pids
-                },
+                cpu_seconds=_spent(cpu_before, cpu_after),
+                cpu_sending=_spent(cpu_before, cpu_sent),
                 causes=causes,
                 cores_sending=_busy(cpu_before, cpu_sent) / (sent_at - sent.first_byte),
                 cores_flushing=_busy(cpu_sent, cpu_after) / (flushed_at - flush_started),
@@ -1231,7 +1232,12 @@ def main(argv: list[str] | None = None) -> int:
         profiled = None
         if args.profile:
             profiled = run_once(
-                stream, workdir, profile=True, mtail_program=args.mtail_program, settings=settings
+                stream,
+                workdir,
+                profile=True,
+                mtail_program=args.mtail_program,
+                settings=settings,
+                held=args.hold_settling,
             )
             print(profiled.line("profiled run (py-spy attached; not in the summary)"), flush=True)
         embedded = None
